@@ -1,0 +1,3 @@
+from ns_compile.cli import main
+
+main()
