@@ -1,0 +1,32 @@
+# Set-up and the two README commands. Everything installs into .venv/ at the repo root.
+#   make demo   -- create .venv, install, run the main job on the embedded example
+#   make test   -- create .venv, install, run the whole test suite
+SHELL := /bin/bash
+VENV := .venv
+CONSTRAINTS := requirements/constraints.txt
+# Lava (lava-nc 0.10) needs Python 3.10: take pyenv's, else any python3.10 on PATH.
+PYTHON310 ?= $(shell pyenv which python3.10 2>/dev/null || command -v python3.10 || ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | tail -1)
+STAMP := $(VENV)/.installed
+FIXTURE ?= ../shared/fixtures/neuronspark-tiny/checkpoint
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
+	@test -n "$(PYTHON310)" || { echo "error: Python 3.10 not found (pyenv install 3.10.13)"; exit 2; }
+	$(PYTHON310) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[lava,dev]'
+	# lava-dl 0.6.0 pins torch<2.4 and torchvision<0.19: install it alone; its needs are in the [lava] extra
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) --no-deps lava-dl==0.6.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ns-compile inspect $(FIXTURE)
+	$(VENV)/bin/ns-compile generate $(FIXTURE) --prompt "The spiking network" --max-new-tokens 16 --temperature 0
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)
