@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ns_compile.errors import UserError
+
 
 @dataclass
 class GenerationConfig:
@@ -50,3 +52,37 @@ class ModelHandle:
                  dtype: torch.dtype = torch.float32) -> list[int]:
         """Returns only the new token ids."""
         raise NotImplementedError
+
+    # ---- optional, with defaults (families may override) -------------------------------------
+    last_stats: dict | None = None   # filled by generate() when the family keeps statistics
+
+    def format_inspect(self, info: dict) -> str:
+        """Human-readable rendering of `inspect()`; the default is indented JSON."""
+        import json
+        return json.dumps(info, indent=2, ensure_ascii=False)
+
+    def encode_prompt(self, text: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        """Token ids for a text prompt (`chat`: the tokenizer's chat template with a generation prompt)."""
+        if self.tokenizer is None:
+            raise UserError("the checkpoint has no tokenizer (tokenizer.json); use --prompt-ids", self.path)
+        if chat:
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str | None:
+        """Text of generated ids (special tokens skipped), or None without a tokenizer."""
+        return None if self.tokenizer is None else self.tokenizer.decode(ids)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """torch.device for a user-given name; a UserError when it is unknown or unavailable."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r} (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r} (use cpu or cuda)")
+    return dev
