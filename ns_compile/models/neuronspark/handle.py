@@ -79,11 +79,13 @@ class NeuronSparkHandle(ModelHandle):
             raise UserError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
 
     def forward(self, ids: torch.Tensor, state: NSState, *, device="cpu", dtype=torch.float32,
-                progress: bool | None = None) -> torch.Tensor:
+                progress: bool | None = None, probe=None) -> torch.Tensor:
         """Run ids [B, T] from `state` (updated in place): logits [B, T, V] fp32 on the device.
 
         Long inputs are split into token chunks (the state carries over, so this is exact) to
         bound activation memory; each chunk runs layer by layer over all of its frames.
+        `probe(key, **tensors)` observes every population per frame (see reference.py, "Probing");
+        with chunking it is called once per chunk, in time order.
         """
         w = self.weights(device, dtype)
         dev = resolve_device(device)
@@ -97,7 +99,7 @@ class NeuronSparkHandle(ModelHandle):
         outs = []
         with torch.inference_mode(), Progress(len(starts) * cfg.num_layers, "forward", enabled=enabled) as p:
             for s in starts:
-                outs.append(forward_tokens(w, cfg, ids[:, s:s + chunk], state, on_layer=p.update))
+                outs.append(forward_tokens(w, cfg, ids[:, s:s + chunk], state, on_layer=p.update, probe=probe))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def logits(self, ids: torch.Tensor, *, device="cpu", dtype=torch.float32) -> torch.Tensor:

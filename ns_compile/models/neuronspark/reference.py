@@ -12,6 +12,12 @@ membrane potentials in `NSState` and leaving the end-of-chunk potentials there. 
 single generated token go through the same code (T = prompt length or T = 1), so incremental
 generation equals the full forward.
 
+Probing. `forward_tokens(..., probe=fn)` calls `fn(key, **tensors)` with every population's
+per-frame values (frame tensors [S, B, n]: `v` the membrane potential after reset, `spikes`
+where the population spikes, `out` for stateless stages) and per-token host values ([T, B, D]),
+under the canonical keys of `ns_compile.verify.keys` ("layers.{l}.block.hidden", ...). It only
+observes: with `probe=None` (the default) nothing changes.
+
 Precision. Weights come in as prepared by `checkpoint.materialize`: Linear matrices in the compute
 dtype (fp32 or bf16), everything else fp32. `linear` multiplies in the matrix dtype and returns
 fp32; all element-wise math, norms, PonderNet and the PLIF scans run in fp32 and the membrane state
@@ -89,7 +95,7 @@ def repeat_frames(x: torch.Tensor, K: int) -> torch.Tensor:
     return x.unsqueeze(1).expand(T, K, *x.shape[1:]).reshape(T * K, *x.shape[1:])
 
 
-def plif_a(drive: torch.Tensor, w: torch.Tensor, v_th: torch.Tensor, v0: torch.Tensor):
+def plif_a(drive: torch.Tensor, w: torch.Tensor, v_th: torch.Tensor, v0: torch.Tensor, probe=None, key=None):
     """Primitive A, static PLIF (spec §3.2): β = σ(w), a = 1-β.
 
     V_pre = β·V + a·x; spike if V_pre ≥ θ; V = V_pre − θ·s; output the leak a·V_post.
@@ -97,16 +103,20 @@ def plif_a(drive: torch.Tensor, w: torch.Tensor, v_th: torch.Tensor, v0: torch.T
     """
     beta = torch.sigmoid(w)
     a = 1.0 - beta
-    _, v_post = plif_scan_rowparam(beta, a * drive, v_th, v0)
+    s, v_post = plif_scan_rowparam(beta, a * drive, v_th, v0)
+    if probe is not None:
+        probe(key, v=v_post, spikes=s)
     return a * v_post, v_post[-1]
 
 
-def plif_b(beta: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor):
+def plif_b(beta: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, probe=None, key=None):
     """Primitive B, selective PLIF (spec §3.3): per-frame β, u, θ; output the raw V_post.
 
     Returns (V_post [S, B, n], final V [B, n]).
     """
-    _, v_post = plif_scan(beta, u, theta, v0)
+    s, v_post = plif_scan(beta, u, theta, v0)
+    if probe is not None:
+        probe(key, v=v_post, spikes=s)
     return v_post, v_post[-1]
 
 
@@ -133,7 +143,8 @@ def centered(r: torch.Tensor) -> torch.Tensor:
 
 # ---- sublayers ---------------------------------------------------------------------------------
 
-def snn_block_frames(w: dict, p: str, v: torch.Tensor, v_hidden0: torch.Tensor, v_th_min: float):
+def snn_block_frames(w: dict, p: str, v: torch.Tensor, v_hidden0: torch.Tensor, v_th_min: float,
+                     probe=None, key: str = ""):
     """SNNBlock on the input-neuron leak v [S, B, D] (spec §3.6 steps 3-5).
 
     Returns (frame outputs f [S, B, D], final hidden V [B, DN]).
@@ -142,14 +153,17 @@ def snn_block_frames(w: dict, p: str, v: torch.Tensor, v_hidden0: torch.Tensor, 
     beta = torch.sigmoid(linear(v, w[p + "W_beta_x.weight"], w[p + "b_beta"]))
     alpha = F.softplus(linear(v, w[p + "W_alpha_x.weight"], w[p + "b_alpha"]))
     theta = v_th_min + torch.abs(linear(v, w[p + "W_th_x.weight"], w[p + "b_th"]))
-    v_post, v_last = plif_b(beta, alpha * current, theta, v_hidden0)
+    v_post, v_last = plif_b(beta, alpha * current, theta, v_hidden0, probe, key + ".hidden")
     del current, beta, alpha, theta
     gate = torch.sigmoid(linear(v, w[p + "W_gate.weight"]))
     f = linear(v_post, w[p + "W_out.weight"]) * gate + linear(v, w[p + "W_skip.weight"])
+    if probe is not None:
+        probe(key + ".readout", out=f)
     return f, v_last
 
 
-def snn_ffn_frames(w: dict, p: str, v: torch.Tensor, v_gate0: torch.Tensor, v_up0: torch.Tensor):
+def snn_ffn_frames(w: dict, p: str, v: torch.Tensor, v_gate0: torch.Tensor, v_up0: torch.Tensor,
+                   probe=None, key: str = ""):
     """SNNFFN on the input-neuron leak v [S, B, D] (spec §3.6 sublayer 2, steps 3-4).
 
     The gate and up PLIF_A populations are independent, so they run as one scan over
@@ -159,30 +173,56 @@ def snn_ffn_frames(w: dict, p: str, v: torch.Tensor, v_gate0: torch.Tensor, v_up
     drive = torch.cat([linear(v, w[p + "gate_proj.weight"]), linear(v, w[p + "up_proj.weight"])], dim=-1)
     neuron_w = torch.cat([w[p + "gate_neuron.w"], w[p + "up_neuron.w"]])
     neuron_th = torch.cat([w[p + "gate_neuron.v_th"], w[p + "up_neuron.v_th"]])
-    leak, v_last = plif_a(drive, neuron_w, neuron_th, torch.cat([v_gate0, v_up0], dim=-1))
+    split = None if probe is None else _SplitProbe(probe, key + ".gate", key + ".up", n)
+    leak, v_last = plif_a(drive, neuron_w, neuron_th, torch.cat([v_gate0, v_up0], dim=-1), split)
     del drive
     f = linear(leak[..., :n] * leak[..., n:], w[p + "down_proj.weight"]) + linear(v, w[p + "skip_proj.weight"])
+    if probe is not None:
+        # the contract's product neuron multiplies the two membrane payloads (§3.4; (1-β) folded downstream)
+        probe(key + ".product", out=split.v_gate * split.v_up)
+        probe(key + ".readout", out=f)
     return f, v_last[..., :n], v_last[..., n:]
 
 
-def decoder_layer(w: dict, cfg: NSConfig, i: int, h: torch.Tensor, state: NSState) -> torch.Tensor:
+class _SplitProbe:
+    """Routes the fused gate|up scan's values to the two populations' keys."""
+
+    def __init__(self, probe, key_gate: str, key_up: str, n: int):
+        self.probe, self.keys, self.n = probe, (key_gate, key_up), n
+        self.v_gate = self.v_up = None
+
+    def __call__(self, _key, v, spikes):
+        n = self.n
+        self.v_gate, self.v_up = v[..., :n], v[..., n:]
+        self.probe(self.keys[0], v=self.v_gate, spikes=spikes[..., :n])
+        self.probe(self.keys[1], v=self.v_up, spikes=spikes[..., n:])
+
+
+def decoder_layer(w: dict, cfg: NSConfig, i: int, h: torch.Tensor, state: NSState, probe=None) -> torch.Tensor:
     """One SNNDecoderLayer over T tokens (spec §3.6). h: [T, B, D] fp32; updates `state`."""
     p = f"layers.{i}."
     K = cfg.K
     # sublayer 1: RMSNorm -> input PLIF -> SNNBlock -> PonderNet -> out_proj -> center -> residual
     c = rms_norm(h, w[p + "block_norm.weight"])
     v, state.input1[i] = plif_a(repeat_frames(c, K), w[p + "input_neuron1.w"], w[p + "input_neuron1.v_th"],
-                                state.input1[i])
-    f, state.hidden[i] = snn_block_frames(w, p + "snn_block.", v, state.hidden[i], cfg.v_th_min)
+                                state.input1[i], probe, p + "block.input")
+    f, state.hidden[i] = snn_block_frames(w, p + "snn_block.", v, state.hidden[i], cfg.v_th_min, probe, p + "block")
     agg = ponder_aggregate(f, w[p + "block_halt.weight"], w[p + "block_halt.bias"], K)
     h = h + centered(linear(agg, w[p + "block_out_proj.weight"]))
+    if probe is not None:
+        probe(p + "block.aggregate", token=agg)
+        probe(p + "block.residual", token=h)
     # sublayer 2: RMSNorm -> input PLIF -> SNNFFN -> PonderNet -> out_proj -> center -> residual
     c = rms_norm(h, w[p + "ffn_norm.weight"])
     v, state.input2[i] = plif_a(repeat_frames(c, K), w[p + "input_neuron2.w"], w[p + "input_neuron2.v_th"],
-                                state.input2[i])
-    f, state.gate[i], state.up[i] = snn_ffn_frames(w, p + "snn_ffn.", v, state.gate[i], state.up[i])
+                                state.input2[i], probe, p + "ffn.input")
+    f, state.gate[i], state.up[i] = snn_ffn_frames(w, p + "snn_ffn.", v, state.gate[i], state.up[i], probe, p + "ffn")
     agg = ponder_aggregate(f, w[p + "ffn_halt.weight"], w[p + "ffn_halt.bias"], K)
-    return h + centered(linear(agg, w[p + "ffn_out_proj.weight"]))
+    h = h + centered(linear(agg, w[p + "ffn_out_proj.weight"]))
+    if probe is not None:
+        probe(p + "ffn.aggregate", token=agg)
+        probe(p + "ffn.residual", token=h)
+    return h
 
 
 def encode(w: dict, ids: torch.Tensor) -> torch.Tensor:
@@ -190,12 +230,13 @@ def encode(w: dict, ids: torch.Tensor) -> torch.Tensor:
     return F.embedding(ids.t(), w["embed_tokens.weight"]).float()
 
 
-def decode(w: dict, cfg: NSConfig, h: torch.Tensor, state: NSState) -> torch.Tensor:
+def decode(w: dict, cfg: NSConfig, h: torch.Tensor, state: NSState, probe=None) -> torch.Tensor:
     """Spec §3.7: output_norm -> output PLIF over K frames -> uniform mean -> decode_proj ->
     LateralInhibition -> tied head. h [T, B, D] -> logits [B, T, V] fp32."""
     K = cfg.K
     c = rms_norm(h, w["output_norm.weight"])
-    o, state.output = plif_a(repeat_frames(c, K), w["output_neuron.w"], w["output_neuron.v_th"], state.output)
+    o, state.output = plif_a(repeat_frames(c, K), w["output_neuron.w"], w["output_neuron.v_th"], state.output,
+                             probe, "decode.output")
     m = o.reshape(h.shape[0], K, *h.shape[1:]).mean(dim=1)
     z = linear(m, w["decode_proj.weight"], w["decode_proj.bias"])
     y = rms_norm(z, w["norm.gain"])
@@ -203,14 +244,16 @@ def decode(w: dict, cfg: NSConfig, h: torch.Tensor, state: NSState) -> torch.Ten
     return logits.transpose(0, 1).contiguous()
 
 
-def forward_tokens(w: dict, cfg: NSConfig, ids: torch.Tensor, state: NSState, on_layer=None) -> torch.Tensor:
-    """Run tokens ids [B, T] from `state` (updated in place); returns logits [B, T, V] fp32."""
+def forward_tokens(w: dict, cfg: NSConfig, ids: torch.Tensor, state: NSState, on_layer=None,
+                   probe=None) -> torch.Tensor:
+    """Run tokens ids [B, T] from `state` (updated in place); returns logits [B, T, V] fp32.
+    `probe`: see "Probing" in the module docstring."""
     h = encode(w, ids)
     for i in range(cfg.num_layers):
-        h = decoder_layer(w, cfg, i, h, state)
+        h = decoder_layer(w, cfg, i, h, state, probe)
         if on_layer is not None:
             on_layer()
-    return decode(w, cfg, h, state)
+    return decode(w, cfg, h, state, probe)
 
 
 # ---- sampling (spec §5) -------------------------------------------------------------------------
