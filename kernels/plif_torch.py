@@ -32,3 +32,48 @@ def plif_scan_torch(beta: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, v0
         spikes[k] = s
         vpost[k] = v
     return spikes, vpost
+
+
+def plif_bwd_torch(beta, u, theta, v0, v_post32, dv, ds, *, row_param: bool, detach_reset: bool = False,
+                   alpha: float = 4.0):
+    """The sequential adjoint of the scan in PyTorch (same formulas as the Triton backward, see
+    plif_triton.py). v_post32: the forward's v_post in fp32; dv/ds: (S, C) or None.
+    Returns (dbeta, du, dtheta, dv0) in fp32 (dbeta/dtheta (C,) with row_param, else (S, C))."""
+    S, C = u.shape
+    b = beta.float()
+    th = theta.float()
+    uf = u.float()
+    v0f = v0.float()
+    g = torch.zeros(C, dtype=torch.float32, device=u.device)
+    du = torch.empty((S, C), dtype=torch.float32, device=u.device)
+    if row_param:
+        dbeta = torch.zeros(C, dtype=torch.float32, device=u.device)
+        dtheta = torch.zeros(C, dtype=torch.float32, device=u.device)
+    else:
+        dbeta = torch.empty((S, C), dtype=torch.float32, device=u.device)
+        dtheta = torch.empty((S, C), dtype=torch.float32, device=u.device)
+    for k in range(S - 1, -1, -1):
+        bk = b if row_param else b[k]
+        tk = th if row_param else th[k]
+        vprev = v_post32[k - 1].float() if k > 0 else v0f
+        v_pre = bk * vprev + uf[k]
+        s = (v_pre >= tk).float()
+        x = v_pre - tk
+        e = torch.exp(torch.clamp(-alpha * x, max=88.0))
+        sig = 1.0 / (1.0 + e)
+        sg = alpha * sig * (1.0 - sig)
+        total = g + dv[k].float() if dv is not None else g
+        dsk = ds[k].float() if ds is not None else torch.zeros_like(g)
+        gs = dsk if detach_reset else dsk - tk * total
+        gpre = total + gs * sg
+        du[k] = gpre
+        dbk = gpre * vprev
+        dthk = -(total * s) - gs * sg
+        if row_param:
+            dbeta += dbk
+            dtheta += dthk
+        else:
+            dbeta[k] = dbk
+            dtheta[k] = dthk
+        g = gpre * bk
+    return dbeta, du, dtheta, g
