@@ -43,7 +43,7 @@ def block_names(cfg) -> list[tuple[str, str]]:
 def lif_populations(cfg) -> list[tuple[str, str, int]]:
     """[(component, LIF key prefix, neurons)] of every LIF population, in forward order."""
     D, F, v4 = cfg.d_model, cfg.d_ff, cfg.version == "v4"
-    out = [("encoder" if not v4 else "encoder", "input_lif", D)]
+    out = [("input_lif", "input_lif", D)]
     mem_done = False
     for comp, p in block_names(cfg):
         if comp == "executive" and not mem_done:
@@ -81,7 +81,7 @@ def param_shapes(cfg) -> "OrderedDict[str, tuple[str, tuple]]":
     add("encoder", [("encoder.embed.weight", (V, D)), ("encoder.temporal_proj.weight", (D, D)),
                     ("encoder.drive_scale", ()), ("encoder.fast_basis", (T, D)),
                     ("encoder.slow_basis", (Ts, D)), ("encoder.slow_scale", ())])
-    add("encoder", lif_params("input_lif", D, nc, v4))
+    add("input_lif", lif_params("input_lif", D, nc, v4))
     mem_done = False
     for comp, p in block_names(cfg):
         if v4 and comp == "executive" and not mem_done:
