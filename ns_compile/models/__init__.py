@@ -41,20 +41,25 @@ def _load_dir(p: Path, *, weights: bool) -> ModelHandle:
 
 def _torch_load(p: Path):
     import pickle
+    import re
+    import warnings
 
     import torch
 
     try:
-        try:
-            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):     # legacy (non-zip) files cannot be memory-mapped
-                raise
-            return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # e.g. "Detected pickle protocol 4"
+            try:
+                return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):     # legacy (non-zip) files cannot be memory-mapped
+                    raise
+                return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError("refusing to load: the file needs unsafe unpickling (it stores Python objects "
-                        f"other than tensors and plain containers). {first}", p) from None
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it references {m.group(1)})" if m else ""
+        raise UserError("refusing to load: the file needs unsafe unpickling, i.e. it is not a plain dict of "
+                        f"tensors and Python values{what}; pickled code is never executed", p) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read as a PyTorch checkpoint (truncated or corrupt?): {first}", p) from None
