@@ -1,0 +1,17 @@
+"""Family → IR lowering (docs/architecture.md). Constant folding of static factors happens here.
+
+`lower_handle(handle, weights=True)` dispatches on the frontend's family.
+"""
+from __future__ import annotations
+
+from ns_compile.errors import UserError
+
+
+def lower_handle(handle, *, weights: bool = True, dtype=None):
+    """The float IR Graph of a loaded checkpoint (`weights=False` or a config-only handle: a
+    shape-only graph, Synapse.weight None)."""
+    if handle.family == "neuronspark":
+        from ns_compile.lower.neuronspark import lower_neuronspark
+        w = handle.weights() if (weights and handle.has_weights) else None
+        return lower_neuronspark(handle.config, w)
+    raise UserError(f"no lowering for model family {handle.family!r} yet")
