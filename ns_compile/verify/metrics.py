@@ -199,8 +199,11 @@ def compare_traces(a: Trace, b: Trace, *, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL) 
         out["first_divergence"] = None
     compared_int = [r for r in rows if r.get("integer_compared")]
     logits_equal = a.logits is None or b.logits is None or np.array_equal(a.logits, b.logits)
+    # every on-chip population must be present in both (per-token host values may be missing in one)
+    missing = [k for k in out["only_in_a"] if a.entries[k].kind != "host"] + \
+              [k for k in out["only_in_b"] if b.entries[k].kind != "host"]
     out["bit_exact"] = bool(both_int and compared_int and all(r["int_mismatches"] == 0 for r in compared_int)
-                            and logits_equal and not out["only_in_a"] and not out["only_in_b"])
+                            and logits_equal and not missing)
     out["saturation"] = {"a": _sat_total(a), "b": _sat_total(b)}
     return out
 

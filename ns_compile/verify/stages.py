@@ -177,7 +177,7 @@ def run_stage(stage: str, src: Source, ids: Sequence[Sequence[int]], *, device: 
         trace = _run_artifact(stage, src, ids_arr, populations=populations, max_new_tokens=max_new_tokens)
     trace.meta.setdefault("input_source", input_source)
     trace.meta["stage"] = stage
-    trace.meta["integer"] = stage in INTEGER_STAGES
+    trace.meta.setdefault("integer", stage in INTEGER_STAGES)
     trace.meta["input_ids"] = ids_arr.tolist()
     trace.input_ids = ids_arr
     trace.meta.update({k: v for k, v in runtime_info(device if stage in REFERENCE_STAGES else "cpu").items()
@@ -268,7 +268,9 @@ def _run_artifact(stage: str, src: Source, ids: np.ndarray, *, populations, max_
                             "it is not installed here — use lava-sim-fixed, which is bit-exact to the chip model")
         raw = _lava_raw(src, ids, "loihi2")
     trace = Trace(meta)
-    fill_from_integer_run(trace, g, raw, integer=stage != "lava-sim-float")
+    integer = bool(raw.get("integer", stage != "lava-sim-float")) and bool(getattr(g, "quantized", True))
+    fill_from_integer_run(trace, g, raw, integer=integer)
+    trace.meta["integer"] = integer
     if max_new_tokens > 0:
         trace.meta["greedy"] = {"prompt_row": 0, "max_new_tokens": max_new_tokens,
                                 "tokens": _greedy_by_rerun(stage, src, ids[0].tolist(), max_new_tokens)}
@@ -288,12 +290,9 @@ def _greedy_by_rerun(stage: str, src: Source, prompt: list[int], n: int) -> list
 
 
 def _emulator_raw(src: Source, ids: np.ndarray) -> dict:
-    try:
-        from ns_compile.sim import run_graph  # type: ignore[attr-defined]
-    except ImportError:
-        raise UserError("the integer emulator (ns_compile.sim.run_graph) is not available in this installation",
-                        src.path) from None
-    return _normalise_raw(run_graph(src.graph, ids, trace=True))
+    from ns_compile.verify.emulator_trace import run_emulator
+
+    return run_emulator(src.graph, ids)
 
 
 def _lava_raw(src: Source, ids: np.ndarray, mode: str) -> dict:
