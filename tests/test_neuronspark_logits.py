@@ -89,3 +89,16 @@ def test_cuda_matches_cpu(exact):
     h = load_model(exact["dir"] / "checkpoint")
     got = h.logits(torch.tensor(exact["ids"]), device="cuda").numpy()
     assert np.abs(got - exact["exact"]).max() <= 1e-4
+
+
+def test_long_inputs_are_chunked_exactly(exact, monkeypatch):
+    """A prompt split into token chunks (bounded memory) carries the state: same logits."""
+    import ns_compile.models.neuronspark.handle as handle_mod
+    h = load_model(exact["dir"] / "checkpoint")
+    ids = torch.tensor(exact["ids"])
+    whole = h.logits(ids)
+    # chunk = _CHUNK_ELEMENTS // (K * B * max(DN, 2 D_ff)) = 3 tokens here
+    monkeypatch.setattr(handle_mod, "_CHUNK_ELEMENTS", 3 * 16 * 2 * 512)
+    chunked = h.logits(ids)
+    assert (chunked - whole).abs().max().item() <= 1e-5
+    assert np.abs(chunked.numpy() - exact["exact"]).max() <= 1e-4
