@@ -98,13 +98,15 @@ def torch_load_safe(path: Path, *, mmap: bool = False):
         raise UserError("is a directory, expected a checkpoint file", path)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg) or re.search(r"GLOBAL ([\w.]+)", msg)
-        if "weights_only" in msg or "Weights only" in msg or m:
+        m = re.search(r"GLOBAL ([\w.]+)", msg)
+        if m or re.search(r"Unsupported (global|class)|REDUCE|BUILD|Trying to (call|instantiate)", msg):
             what = f" (it references {m.group(1)})" if m else ""
             raise UserError(f"refusing to load: the checkpoint needs arbitrary unpickling{what}; only "
                             f"tensors, dicts and plain Python values are accepted (torch.load "
                             f"weights_only=True)", path)
-        raise UserError(f"not a readable PyTorch checkpoint (truncated or corrupt?): {msg.splitlines()[0]}", path)
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+        detail = detail.group(1).strip().splitlines()[0] if detail else msg.splitlines()[0]
+        raise UserError(f"cannot read checkpoint (truncated or corrupt file?): {detail[:200]}", path)
     except (EOFError, zipfile.BadZipFile, ValueError, OSError, RuntimeError, KeyError, AttributeError,
             TypeError, IndexError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]

@@ -200,3 +200,38 @@ def describe(cfg) -> dict:
                                    "v >= theta (inclusive)", "graded membrane output (readout"
                                    + (", memory" if v4 else "") + ")"],
     }
+
+
+def format_text(info: dict) -> str:
+    """Human-readable rendering of `describe()` / `NordHandle.inspect()`."""
+    L = []
+    a = info["architecture"]
+    L.append(f"Nord {info['version']}  ({info.get('path', '')})" + ("  [config only]" if info.get("config_only") else ""))
+    L.append("  " + ", ".join(f"{k}={v}" for k, v in a.items()))
+    if "attention_path" in info:
+        L.append(f"  attention: {info['attention_path']}")
+    p = info["parameters"]
+    L.append(f"parameters: {p['total']:,}")
+    for k, v in p["by_component"].items():
+        L.append(f"  {k:<14} {v:>15,}")
+    n = info["neurons_per_position_per_timestep"]
+    L.append(f"LIF neurons per position per timestep: {n['active']:,} active, {n['physical']:,} physical; "
+             f"T_total={info['T_total']} -> {info['neuron_updates_per_token']:,} neuron updates per token")
+    for pop in info["lif_populations"]:
+        cp = f" x{pop['copies']} ({pop['active_copies']} active)" if pop["copies"] > 1 else ""
+        L.append(f"  {pop['name']:<44} {pop['neurons']:>6}{cp}  in: {pop['source']}"
+                 + ("  [emits membrane]" if pop["emits_membrane"] else ""))
+    st = info["synapse_totals"]
+    L.append(f"synapses: {st['binary_spike_fed']:,} binary-spike-fed, {st['graded_chip_capable']:,} graded "
+             f"(chip-capable), {st['host_only']:,} host-only; cascade {st['cascade_params']:,} params "
+             f"({st['cascade_dense_equivalent']:,} dense-equivalent recurrent synapses)")
+    L.append("host-side ops:")
+    for o in info["host_ops"]:
+        L.append(f"  - {o['op']} [{o['where']}]" + (f": {o['note']}" if o["note"] else ""))
+    s = info["state"]
+    c = s["generation_cache"]
+    L.append(f"state: generation cache per layer per position {c['per_layer_per_position']} x {c['layers']} layers; "
+             f"persistent upstream: {', '.join(s['persistent_upstream']) or 'none'}; STDP: {s['stdp']}")
+    if "checkpoint" in info:
+        L.append(f"checkpoint: {info['checkpoint']}")
+    return "\n".join(L)

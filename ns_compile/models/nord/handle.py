@@ -26,7 +26,7 @@ from ns_compile.errors import UserError
 from ns_compile.models.base import GenerationConfig, ModelHandle
 
 from .checkpoint import NordCheckpoint
-from .counts import describe
+from .counts import describe, format_text
 from .generate import V3_CHAT_DEFAULTS, V4_CHAT_DEFAULTS, run_generation, warn_v4_stdp
 from .lif import finalize_stats
 from .v3 import NordV3, STDPState
@@ -50,6 +50,7 @@ class NordHandle(ModelHandle):
         self.last_stats = None
         self.last_generation = None
         self.stdp_state = STDPState()
+        self.tokenizer = _find_tokenizer(ck.path)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -112,6 +113,17 @@ class NordHandle(ModelHandle):
         """Forget carried persistent LIF state (opt-in persistent mode)."""
         for m in self._models.values():
             m.lif_state = {}
+
+    def encode_prompt(self, text: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        """Plain text: like the upstream chats, the tokenizer's BOS id (when it has one) then the text.
+        chat=True uses the tokenizer's chat template (upstream Nord has none)."""
+        if self.tokenizer is None or chat:
+            return super().encode_prompt(text, chat=chat, system=system)
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self.tokenizer.encode(text)
+
+    def format_inspect(self, info: dict) -> str:
+        return format_text(info)
 
     # ------------------------------------------------------------------------------------------
     def inspect(self) -> dict:
@@ -224,3 +236,15 @@ class NordHandle(ModelHandle):
         self.last_generation = res
         self._set_stats(raw)
         return res.ids
+
+
+def _find_tokenizer(path):
+    """A tokenizer.json next to the checkpoint (or in the config-only directory), else None."""
+    from pathlib import Path
+
+    d = Path(path)
+    d = d if d.is_dir() else d.parent
+    if not (d / "tokenizer.json").is_file():
+        return None
+    from ns_compile.tokenizer import Tokenizer
+    return Tokenizer.from_dir(d)
