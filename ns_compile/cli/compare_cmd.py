@@ -5,7 +5,7 @@ import click
 
 
 @click.command("compare")
-@click.argument("artifact", type=click.Path(exists=False))
+@click.argument("artifact", required=False, type=click.Path(exists=False))
 @click.option("--reference", "reference", type=click.Path(exists=False),
               help="Checkpoint for the fp32 reference stage (default: the checkpoint recorded in the artifact, "
                    "when it exists).")
@@ -46,7 +46,8 @@ import click
               help="Where the reference runs.")
 def command(artifact, reference, reference_trace, stages, input_ids, text, max_tokens, max_new_tokens, populations,
             population, report, bits_sweep, as_json, max_top1_drop, max_kl, require_bit_exact, rtol, atol, device):
-    """Compare the stages of ARTIFACT (and its reference) on the same tokens.
+    """Compare the stages of ARTIFACT (and its reference) on the same tokens. Without ARTIFACT only
+    checkpoint stages run (e.g. --reference CKPT --stages reference-bf16).
 
     Prints, per pair of stages, the logits KL divergence and top-1 agreement, whether the integer
     states are bit-exact, the first divergent layer and frame, and a table of populations, worst
