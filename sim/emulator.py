@@ -59,6 +59,8 @@ class Emulator:
                 self._wmax[s.name] = int(np.abs(np.asarray(s.weight)).max()) if s.weight.size else 0
             else:
                 self._w[s.name] = torch.as_tensor(np.asarray(s.weight)).to(self.device, dtype)
+        # small graphs run faster single-threaded (intra-op threads only add overhead there)
+        self.small = max([s.fan_in * s.fan_out for s in graph.synapses.values()] + [0]) < (1 << 20)
         luts = graph.meta.get("luts", {})
         self._lut = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)).to(self.device) for k, v in luts.items()}
         self.reset_stats()
@@ -335,9 +337,26 @@ class Emulator:
             return logits, state, traces
         return logits, state
 
+    def _threads(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def one():
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(n)
+        return one() if (self.small and self.device.type == "cpu") else contextlib.nullcontext()
+
     @torch.inference_mode()
     def forward(self, ids, state: EmuState | None = None) -> torch.Tensor:
         """ids [B, T] → logits [B, T, V] float32 (CPU), token by token from `state` (fresh when None)."""
+        with self._threads():
+            return self._forward(ids, state)
+
+    def _forward(self, ids, state):
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
@@ -354,6 +373,10 @@ class Emulator:
                  seed: int | None = 0, eos_token_id: int | None = None) -> list[int]:
         """Prefill the prompt token by token, then sample one token at a time from the carried state.
         Returns the new ids (EOS included when produced). Batch 1."""
+        with self._threads():
+            return self._generate(prompt_ids, max_new_tokens, temperature, top_k, seed, eos_token_id)
+
+    def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_token_id):
         from ns_compile.sim.host import sample
         gen = torch.Generator(device="cpu")
         gen.manual_seed(0 if seed is None else int(seed))
