@@ -128,7 +128,8 @@ def plot_errors(r: dict, path: Path) -> None:
     names = [x["population"] for x in rows]
     rel = [x.get("rel_rms_err") or 0.0 for x in rows]
     rel = [1e300 if math.isinf(v) else v for v in rel]
-    floor = 1e-12
+    nonzero = [v for v in rel if v > 0]
+    floor = max(min(nonzero) / 10, 1e-12) if nonzero else 1e-12
     fig, ax = plt.subplots(figsize=(9, max(2.5, 0.22 * len(rows) + 1)))
     y = np.arange(len(rows))
     vals = [max(v, floor) for v in rel]
