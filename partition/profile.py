@@ -255,4 +255,5 @@ def load_profile(ref: str | os.PathLike | Profile) -> Profile:
     data, chain = _load_chain(path, ())
     validate(data, path)
     top = _read_json(path)
+    data = {sec: data[sec] for sec in SECTIONS}
     return Profile(name=top["name"], description=top["description"], data=data, path=str(path), chain=chain)
