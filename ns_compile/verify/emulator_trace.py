@@ -53,7 +53,7 @@ def _np(x):
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def run_emulator(graph, ids: np.ndarray, device: str = "cpu") -> dict:
+def run_emulator(graph, ids: np.ndarray, device: str = "cpu", max_new_tokens: int = 0) -> dict:
     """Run `graph` on ids [B, T] token by token with the emulator's trace; returns
     {"logits", "populations": {name: {"V", "out", "spikes"}}, "saturation", "host", "integer"}."""
     Emu = _observer_class()
@@ -101,8 +101,11 @@ def run_emulator(graph, ids: np.ndarray, device: str = "cpu") -> dict:
         if emu.int and frac is None:
             continue                            # unknown units: leave it out rather than guess
         host_out[key] = {"value": arr, "frac": frac} if emu.int else arr
+    greedy = []
+    if max_new_tokens > 0:                       # row 0, from a fresh state (the emulator's own generate)
+        greedy = emu.generate([int(x) for x in ids[0]], max_new_tokens=max_new_tokens, temperature=0.0)
     return {"logits": np.stack(logits, axis=1), "populations": pops_out, "saturation": sat, "host": host_out,
-            "integer": bool(emu.int)}
+            "integer": bool(emu.int), "greedy": greedy}
 
 
 def _residual_key(op: str) -> str:

@@ -259,60 +259,66 @@ def _run_artifact(stage: str, src: Source, ids: np.ndarray, *, populations, max_
     if src.manifest:
         meta["manifest"] = {k: v for k, v in src.manifest.items() if isinstance(v, (str, int, float, bool))}
     if stage == "emulator":
-        raw = _emulator_raw(src, ids)
+        raw = _emulator_raw(src, ids, max_new_tokens)
     elif stage in ("lava-sim-float", "lava-sim-fixed"):
-        raw = _lava_raw(src, ids, "float" if stage == "lava-sim-float" else "fixed")
+        raw = _lava_raw(src, ids, "float" if stage == "lava-sim-float" else "fixed", max_new_tokens)
     else:  # loihi2
         if not lava_loihi_available():
             raise UserError("stage loihi2 needs lava-loihi (Intel's INRC package) and a Loihi 2 system; "
                             "it is not installed here — use lava-sim-fixed, which is bit-exact to the chip model")
-        raw = _lava_raw(src, ids, "loihi2")
+        raw = _lava_raw(src, ids, "fixed", max_new_tokens, backend="loihi2")
     trace = Trace(meta)
     integer = bool(raw.get("integer", stage != "lava-sim-float")) and bool(getattr(g, "quantized", True))
     fill_from_integer_run(trace, g, raw, integer=integer)
     trace.meta["integer"] = integer
     if max_new_tokens > 0:
         trace.meta["greedy"] = {"prompt_row": 0, "max_new_tokens": max_new_tokens,
-                                "tokens": _greedy_by_rerun(stage, src, ids[0].tolist(), max_new_tokens)}
+                                "tokens": [int(t) for t in raw.get("greedy", [])]}
     return trace
 
 
-def _greedy_by_rerun(stage: str, src: Source, prompt: list[int], n: int) -> list[int]:
-    """Greedy continuation using only full-sequence runs (fresh state each time; exact for any stage)."""
-    seq, new = list(prompt), []
-    for _ in range(n):
-        raw = (_emulator_raw(src, np.asarray([seq])) if stage == "emulator"
-               else _lava_raw(src, np.asarray([seq]), {"lava-sim-float": "float"}.get(stage, "fixed")))
-        tok = int(np.asarray(raw["logits"])[0, -1].argmax())
-        new.append(tok)
-        seq.append(tok)
-    return new
-
-
-def _emulator_raw(src: Source, ids: np.ndarray) -> dict:
+def _emulator_raw(src: Source, ids: np.ndarray, max_new_tokens: int = 0) -> dict:
     from ns_compile.verify.emulator_trace import run_emulator
 
-    return run_emulator(src.graph, ids)
+    return run_emulator(src.graph, ids, max_new_tokens=max_new_tokens)
 
 
-def _lava_raw(src: Source, ids: np.ndarray, mode: str) -> dict:
+def _lava_raw(src: Source, ids: np.ndarray, mode: str, max_new_tokens: int = 0, backend: str = "lava-sim") -> dict:
+    """One Lava run per row (the backend runs batch 1): teacher-forced over the row's ids; row 0
+    also generates `max_new_tokens` greedily in the same run (its trace is cut to the ids)."""
     try:
-        from ns_compile.backends.lava import run_artifact  # type: ignore[attr-defined]
+        from ns_compile.backends.lava import run_artifact
     except ImportError as e:
         raise UserError(f"the Lava backend is not available ({e}); it needs lava-nc (Python 3.10 venv)",
                         src.path) from None
-    return _normalise_raw(run_artifact(src.graph, ids, mode=mode, trace=True))
-
-
-def _normalise_raw(res) -> dict:
-    """Accept a dict or an object with attributes: logits, populations/frames, saturation, host."""
-    if isinstance(res, dict):
-        return res
-    out = {}
-    for k in ("logits", "populations", "saturation", "host", "logits_int", "fmt"):
-        if hasattr(res, k):
-            out[k] = getattr(res, k)
-    return out
+    B, T = ids.shape
+    per_pop: dict[str, dict[str, list]] = {}
+    logits, greedy = [], None
+    for r in range(B):
+        n_new = max_new_tokens if r == 0 else 0
+        res = run_artifact(src.graph, ids[r].tolist(), mode=mode, max_new_tokens=n_new, temperature=0.0,
+                           trace=True, backend=backend)
+        if r == 0 and n_new:
+            greedy = list(res["ids"])
+        logits.append(np.asarray(res["logits"])[:T])
+        rows: dict[str, dict[str, list]] = {}
+        for tok in res["trace"][:T]:
+            for _stage, pops in tok.items():
+                for name, fields in pops.items():
+                    slot = rows.setdefault(name, {})
+                    for f, arr in fields.items():
+                        f2 = "V" if f == "V" else ("spikes" if f in ("S", "spikes") else "out")
+                        slot.setdefault(f2, []).append(np.asarray(arr))
+        for name, fields in rows.items():
+            dst = per_pop.setdefault(name, {})
+            for f, toks in fields.items():
+                if f == "out" and "V" in fields:
+                    continue                       # a PLIF's payload is its V, shifted: keep V
+                dst.setdefault(f, []).append(np.stack(toks))            # [T, K, n]
+    pops = {name: {f: np.stack(rows_, axis=0) for f, rows_ in fields.items() if len(rows_) == B}
+            for name, fields in per_pop.items()}                        # [B, T, K, n]
+    return {"logits": np.stack(logits).astype(np.float32), "populations": pops, "saturation": {},
+            "greedy": greedy or [], "integer": mode == "fixed"}
 
 
 def fill_from_integer_run(trace: Trace, graph, raw: dict, *, integer: bool = True) -> Trace:
@@ -346,7 +352,7 @@ def fill_from_integer_run(trace: Trace, graph, raw: dict, *, integer: bool = Tru
         if O is not None and (V is None or kind not in ("plif_static", "plif_selective")):
             O = np.asarray(O)
             if integer:
-                f_o = int(fields.get("frac_out", fmt.get("out", fmt.get("F", fmt.get("P", 0)))))
+                f_o = int(fields["frac_out"]) if "frac_out" in fields else output_frac(graph, pop)
                 arrays["out_int"], arrays["out"], fr["out"] = O, O.astype(np.float64) * 2.0 ** -f_o, f_o
             else:
                 arrays["out"] = O
@@ -366,9 +372,18 @@ def fill_from_integer_run(trace: Trace, graph, raw: dict, *, integer: bool = Tru
     return trace
 
 
-def stage_kind_needs(stage: str) -> str:
-    return "checkpoint" if stage in REFERENCE_STAGES else "artifact"
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+def output_frac(graph, pop) -> int:
+    """Frac of a population's per-frame output (docs/fixed_point.md §3): gated_readout and
+    accumulate f_F; product f_X1 + f_X2 − exp (its inputs' payload fracs); a PLIF its payload f_P."""
+    f = pop.fmt
+    if "out" in f:
+        return int(f["out"])
+    if pop.kind == "product":
+        srcs = [graph.populations[d.src].fmt.get("P") for d in graph.directs_into(pop.name)]
+        if len(srcs) == 2 and None not in srcs:
+            return int(srcs[0]) + int(srcs[1]) - int(f.get("exp", 0))
+        raise ValueError(f"{pop.name}: cannot tell the product's frac (inputs' P fracs missing)")
+    for k in ("F", "A", "P"):
+        if k in f:
+            return int(f[k])
+    raise ValueError(f"{pop.name}: no output frac in fmt {f}")
