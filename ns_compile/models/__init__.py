@@ -1,6 +1,7 @@
 """`load_model(path)`: detect the model family from the files on disk and load it.
 
-- a directory with `config.json`: its `model_type` picks the family ("neuronspark");
+- a directory with `config.json`: its `model_type` picks the family ("neuronspark"); a Nord
+  config (`model_family: "nord"`, or `d_model` + `n_clusters`) or a folder of `nord_*.pt` goes to Nord;
 - a `.pt` / `.pth` file: a `torch.save` dict, read with `weights_only=True` (pickled code is never
   executed). `model_state_dict` + `model_config` is a NeuronSpark training checkpoint;
   `model_state_dict` + `config` is a Nord checkpoint (handled by `ns_compile.models.nord`).
@@ -32,6 +33,9 @@ def load_model(path: str | os.PathLike, *, weights: bool = True) -> ModelHandle:
 
 
 def _load_dir(p: Path, *, weights: bool) -> ModelHandle:
+    from ns_compile.models.nord import load_nord, looks_like_nord
+    if looks_like_nord(p):      # a Nord config.json (config-only planning) or a folder of nord_*.pt
+        return load_nord(p, weights=weights)
     if not (p / "config.json").is_file():
         raise UserError("no config.json in this directory", p)
     # config.read_config_json checks model_type and rejects unknown families with the file named
