@@ -35,15 +35,18 @@ from ns_compile.errors import UserError
 @click.option("--stats", is_flag=True, help="Report generation statistics (timings, seed, carried state; Nord: "
                                             "its own spike statistics). Printed to stderr, or under \"stats\" "
                                             "with --json.")
-@click.option("--stdp", is_flag=True, help="Nord only: enable online STDP during generation. NeuronSpark "
-                                           "rejects it.")
+@click.option("--stdp", is_flag=True, help="Nord v3 only: reward-modulated STDP on every block's W_v during "
+                                           "generation, as upstream's chat does (inert on v4, warned). "
+                                           "NeuronSpark rejects it.")
 def command(checkpoint, prompt, chat, system, prompt_ids, max_new_tokens, temperature, top_k, seed, ignore_eos,
             device, dtype, as_json, stats, stdp):
     """Generate tokens from CHECKPOINT after a prompt (--prompt TEXT or --prompt-ids FILE).
 
-    The prompt is run once; then each new token advances the carried membrane state by one
-    token (no re-run of the prefix). Prints the new text (or ids when the checkpoint has no
-    tokenizer); --json prints ids and text.
+    The prompt is run once; then each new token advances the carried state by one token
+    (NeuronSpark: membrane potentials; Nord: a per-layer cache of key spikes and values). Nord
+    re-runs the prefix only where the cache is not exact: with --stdp, or once the window slides
+    past max_seq_len. Prints the new text (or ids when the checkpoint has no tokenizer); --json
+    prints ids and text.
     """
     from ns_compile.models import GenerationConfig, load_model
 
