@@ -101,6 +101,10 @@ class PartitionResult:
             j["map"] = self.tile_table()
         return j
 
+    def to_dict(self) -> dict:
+        """The full JSON, tile → core map included (what `compile --hardware` stores)."""
+        return self.to_json(include_map=True)
+
     def render(self) -> str:
         from ns_compile.partition.report import render_table
         return render_table(self)

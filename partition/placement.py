@@ -130,25 +130,19 @@ def pack_chip(tiles: np.ndarray, frac: np.ndarray, csr: CSR | None, cores: int, 
     for j in order:
         t = int(tiles[j])
         best = -1
-        if not bound_dom[j] and pk.used:
-            if csr is not None:
+        if pk.used:
+            room = np.nonzero(np.all(pk.load[:pk.used] + frac[t] <= 1.0 + GROUP_EPS, axis=1))[0]
+            if room.size and csr is not None:
                 nb = csr.adjncy[csr.xadj[t]:csr.xadj[t + 1]]
                 w = csr.w[csr.xadj[t]:csr.xadj[t + 1]]
                 placed = core_of_tile[nb]
                 m = placed >= 0
                 if m.any():
-                    score = np.bincount(placed[m], weights=w[m])
-                    cand = np.nonzero(score > 0)[0]
-                    cand = cand[cand < pk.used]
-                    if cand.size:
-                        fit = np.all(pk.load[cand] + frac[t] <= 1.0 + GROUP_EPS, axis=1)
-                        cand = cand[fit]
-                        if cand.size:
-                            best = int(cand[np.argmax(score[cand])])
-            if best < 0:
-                room = np.nonzero(np.all(pk.load[:pk.used] + frac[t] <= 1.0 + GROUP_EPS, axis=1))[0]
-                if room.size:
-                    best = int(room[0])
+                    score = np.bincount(placed[m], weights=w[m], minlength=pk.used)[room]
+                    if score.max() > 0:
+                        best = int(room[np.argmax(score)])
+            if best < 0 and room.size:
+                best = int(room[0])
         if best < 0:
             best = pk.open()
             if best < 0:
@@ -157,6 +151,45 @@ def pack_chip(tiles: np.ndarray, frac: np.ndarray, csr: CSR | None, cores: int, 
         pk.put(best, t)
         core_of_tile[t] = best
     return np.asarray(overflow, np.int64)
+
+
+def _next_fit(tiles: np.ndarray, frac: np.ndarray, cores: int, core_of_tile: np.ndarray) -> bool:
+    """Tiles in graph order, next-fit (the naive rule inside one chip); False if over `cores`."""
+    cur, load = 0, np.zeros(frac.shape[1])
+    for t in np.sort(tiles):
+        if np.any(load + frac[t] > 1.0 + GROUP_EPS):
+            cur += 1
+            load[:] = 0
+        load += frac[t]
+        core_of_tile[t] = cur
+    return cur < cores
+
+
+def _cut_within(tiles: np.ndarray, core_of_tile: np.ndarray, csr: CSR | None) -> float:
+    if csr is None or tiles.size == 0:
+        return 0.0
+    starts, ends = csr.xadj[tiles], csr.xadj[tiles + 1]
+    counts = ends - starts
+    idx = np.repeat(starts - np.cumsum(np.concatenate([[0], counts[:-1]])), counts) + np.arange(counts.sum())
+    src = np.repeat(tiles, counts)
+    dst = csr.adjncy[idx]
+    inside = np.zeros(csr.n, bool)
+    inside[tiles] = True
+    m = inside[dst] & (core_of_tile[src] != core_of_tile[dst])
+    return float(csr.w[idx][m].sum())
+
+
+def _pack_best(tiles, frac, csr, cores, core_of_tile, dom) -> np.ndarray:
+    """Locality-aware FFD packing, or the in-order next-fit when that fits and cuts less."""
+    over = pack_chip(tiles, frac, csr, cores, core_of_tile, dom)
+    if over.size or tiles.size == 0:
+        return over
+    alt = core_of_tile.copy()
+    if not _next_fit(tiles, frac, cores, alt):
+        return over
+    if _cut_within(tiles, alt, csr) < _cut_within(tiles, core_of_tile, csr):
+        core_of_tile[tiles] = alt[tiles]
+    return over
 
 
 def _dominant(tiling: Tiling) -> tuple[int, np.ndarray]:
@@ -186,15 +219,14 @@ def place_metis(tiling: Tiling, profile, csr: CSR, seed: int = 1) -> Placement:
     vw = np.rint(frac[:, dom] * 1000).astype(np.int64) + 1
     while True:
         if k > profile.chips:
-            raise _too_big(tiling, profile, k)
+            raise _too_big(tiling, profile, k, placed=True)
         parts = _metis(csr, None, vw, k, seed) if k > 1 else np.zeros(T, np.int64)
         chip = parts.astype(np.int32)
         local = np.full(T, -1, np.int64)
         spill = []
         members = _group(chip, k)
         for c in range(k):
-            ov = pack_chip(members[c], frac, csr, cpc, local, dom)
-            spill.append(ov)
+            spill.append(_pack_best(members[c], frac, csr, cpc, local, dom))
         spill = np.concatenate(spill) if spill else np.zeros(0, np.int64)
         ok = True
         if spill.size:
@@ -266,19 +298,25 @@ def place_naive(tiling: Tiling, profile) -> Placement:
     chip = (core // cpc).astype(np.int32)
     n_chips = int(chip.max()) + 1 if T else 0
     if n_chips > profile.chips:
-        raise _too_big(tiling, profile, n_chips, naive=True)
+        raise _too_big(tiling, profile, n_chips, naive=True, placed=True)
     return Placement("naive", chip, core.astype(np.int32), n_chips, int(cur + 1), time.perf_counter() - t0)
 
 
-def _too_big(tiling: Tiling, profile, chips_needed: int, naive: bool = False) -> InfeasibleError:
+def _too_big(tiling: Tiling, profile, chips_needed: int, naive: bool = False, placed: bool = False) -> InfeasibleError:
     lb, b, per = lower_bound_cores(tiling)
     have = profile.total_cores
     tot = tiling.demand.sum(axis=0)
     cap = tiling.capacity
     bi = BUDGETS.index(b)
+    bits = sorted(set(tiling.weight_bits.values()))
+    head = (f"hardware profile {profile.name!r} has {profile.chips} chip(s) x {profile.cores_per_chip} cores = "
+            f"{have} cores")
+    if not placed:
+        return InfeasibleError(
+            f"{head}, but the model needs at least {lb} cores = {-(-lb // profile.cores_per_chip)} chips "
+            f"(binding budget {b}: {int(tot[bi])} in all vs {int(cap[bi])} per core, weight bits {bits}): "
+            f"exceeds by {lb - have} cores ({lb / have:.2f}x)")
     return InfeasibleError(
-        f"hardware profile {profile.name!r} has {profile.chips} chip(s) x {profile.cores_per_chip} cores = "
-        f"{have} cores, but the model needs at least {lb} cores (binding budget: {b}: {int(tot[bi])} in all vs "
-        f"{int(cap[bi])} per core) and the {'sequential fill' if naive else 'placement'} needs "
-        f"{chips_needed} chips: exceeds the profile by {max(lb - have, 0)} cores at the lower bound "
-        f"({lb / have:.2f}x), {chips_needed - profile.chips} chip(s) as placed")
+        f"{head}; the lower bound ({lb} cores, binding budget {b}) fits, but the "
+        f"{'sequential fill' if naive else 'placement'} needs {chips_needed} chips: exceeds by "
+        f"{chips_needed - profile.chips} chip(s)")
