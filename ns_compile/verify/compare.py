@@ -80,13 +80,18 @@ def collect(artifact: str | None, *, reference: str | None = None, reference_tra
             raise UserError("the reference trace was recorded for different input ids than the ones given "
                             "(record it with the same --input-ids / --text)", reference_trace)
         if art is not None:
-            want = (art.manifest or {}).get("checkpoint_checksum") or (art.manifest or {}).get("checkpoint_sha256")
+            man = art.manifest or {}
+            want = (man.get("source") or {}).get("sha256") if isinstance(man.get("source"), dict) else None
+            want = want or man.get("checkpoint_sha256")
             have = ref_trace.meta.get("checksum")
             if want and have and want.split(":")[-1] != have.split(":")[-1]:
                 warnings.append(f"the reference trace's checkpoint checksum {have} differs from the one the "
                                 f"artifact was compiled from ({want})")
     traces: list[Trace] = []
     if ref_trace is not None:
+        if ref_trace.stage != "reference" and ref_trace.stage in stages:
+            # e.g. a golden emulator trace against this artifact's emulator: keep both names apart
+            ref_trace.meta["stage"] = f"{ref_trace.stage} (trace)"
         traces.append(ref_trace)
     elif ref_src is not None:
         log("running reference ...")

@@ -69,7 +69,7 @@ def format_table(results: list[dict], *, top: int = 12) -> str:
         for x in rows:
             d = x.get("first_divergent_frame")
             dv = "-" if not d else f"{d['token']},{'-' if d['frame'] is None else d['frame']}"
-            sa, sb = sum(x.get("saturation_a", {}).values()), sum(x.get("saturation_b", {}).values())
+            sa, sb = (str(sum(x[k].values())) if x.get(k) else "-" for k in ("saturation_a", "saturation_b"))
             table.append([x["population"], _f(x.get("max_err")), _f(x.get("rms_err")), _f(x.get("rel_rms_err")), dv,
                           _pct(x.get("spike_agreement")), str(x.get("hamming", "-")), f"{sa}/{sb}"])
         widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
@@ -276,8 +276,8 @@ def _layer_table(r: dict) -> str:
     for x in worst_first(r["layers"]):
         d = x.get("first_divergent_frame")
         dv = "-" if not d else f"{d['token']}, {'-' if d['frame'] is None else d['frame']}"
-        sa = ", ".join(f"{k} {v}" for k, v in x.get("saturation_a", {}).items() if v) or "0"
-        sb = ", ".join(f"{k} {v}" for k, v in x.get("saturation_b", {}).items() if v) or "0"
+        sa, sb = ((", ".join(f"{k} {v}" for k, v in x[f].items() if v) or "0") if x.get(f) else "-"
+                  for f in ("saturation_a", "saturation_b"))
         h.append(f"<tr><td>{_e(x['population'])}</td><td>{_e(x.get('kind', ''))}</td><td>{_f(x.get('max_err'))}</td>"
                  f"<td>{_f(x.get('rms_err'))}</td><td>{_f(x.get('rel_rms_err'))}</td><td>{_e(dv)}</td>"
                  f"<td>{_pct(x.get('spike_agreement'))}</td><td>{_e(x.get('hamming', '-'))}</td>"

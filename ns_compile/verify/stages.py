@@ -118,7 +118,7 @@ def manifest_checkpoint(src: Source) -> Path | None:
     for k in ("checkpoint", "source", "checkpoint_path"):
         v = m.get(k)
         if isinstance(v, dict):
-            v = v.get("path")
+            v = v.get("path") or v.get("checkpoint")
         if isinstance(v, str) and v:
             p = Path(v)
             if not p.is_absolute():
@@ -379,6 +379,8 @@ def output_frac(graph, pop) -> int:
     if "out" in f:
         return int(f["out"])
     if pop.kind == "product":
+        if "P" in f:
+            return int(f["P"])
         srcs = [graph.populations[d.src].fmt.get("P") for d in graph.directs_into(pop.name)]
         if len(srcs) == 2 and None not in srcs:
             return int(srcs[0]) + int(srcs[1]) - int(f.get("exp", 0))

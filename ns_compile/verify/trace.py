@@ -104,7 +104,8 @@ class Trace:
                 continue
             if name not in FIELDS:
                 raise ValueError(f"unknown trace field {name!r}")
-            e.arrays[name] = _as_stored(name, np.asarray(a))
+            # contiguous, so that reductions sum in the same order in memory and after a reload
+            e.arrays[name] = np.ascontiguousarray(_as_stored(name, np.asarray(a)))
         if fmt:
             e.fmt.update({k: int(v) for k, v in fmt.items()})
         if saturation:
