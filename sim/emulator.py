@@ -67,13 +67,29 @@ class Emulator:
 
     # ---- statistics ------------------------------------------------------------------------------
     def reset_stats(self):
-        """Saturation / overflow counters and activity per population (and per synapse group)."""
-        self.counters = {p: {"sat_port": 0, "sat_state": 0, "sat_payload": 0, "wrap32": 0, "port_values": 0,
-                             "state_values": 0} for p in self.g.populations}
-        self.syn_counters = {s: {"wrap32": 0, "values": 0} for s in self.g.synapses}
+        """Saturation / overflow counters and activity per population (and per synapse group).
+        Kept as device tensors (no host sync per frame); read through `counters` / `syn_counters`."""
+        self._cnt: dict[tuple, torch.Tensor | int] = {}
         self._act_nz = {p: None for p in self.g.populations}
         self._act_n = {p: 0 for p in self.g.populations}
         self.timings = {"stages_s": 0.0, "host_s": 0.0, "tokens": 0}
+
+    def _count(self, owner: str, key: str, n):
+        k = (owner, key)
+        self._cnt[k] = self._cnt.get(k, 0) + n
+
+    @property
+    def counters(self) -> dict:
+        """Per population: sat_port (port sums clipped to 24 bits), sat_state (V_pre / V clipped),
+        sat_payload (payload / out clipped), wrap32 (synapse accumulators into it that wrapped),
+        port_values, state_values (how many values were checked)."""
+        keys = ("sat_port", "sat_state", "sat_payload", "wrap32", "port_values", "state_values")
+        return {p: {k: int(self._cnt.get((p, k), 0)) for k in keys} for p in self.g.populations}
+
+    @property
+    def syn_counters(self) -> dict:
+        return {s: {"wrap32": int(self._cnt.get(("syn:" + s, "wrap32"), 0)),
+                    "values": int(self._cnt.get(("syn:" + s, "values"), 0))} for s in self.g.synapses}
 
     def activity(self, per_frame: bool = False) -> dict:
         """Fraction of nonzero payloads per population (mean over frames, tokens and rows), or per
@@ -82,7 +98,7 @@ class Emulator:
         for p, nz in self._act_nz.items():
             if nz is None or self._act_n[p] == 0:
                 continue
-            f = (nz / self._act_n[p])
+            f = (nz / self._act_n[p]).cpu()
             out[p] = [round(float(x), 6) for x in f] if per_frame else round(float(f.mean()), 6)
         return out
 
@@ -112,11 +128,10 @@ class Emulator:
         b = f["bits"]
         acc = I.exact_matmul(src_payload, self._w[s.name], self._wmax[s.name]) << (9 - b)
         w = I.wrap32(acc)
-        c = self.syn_counters[s.name]
-        nwrap = int((w != acc).sum())
-        c["wrap32"] += nwrap
-        c["values"] += acc.numel()
-        self.counters[s.dst]["wrap32"] += nwrap
+        nwrap = (w != acc).sum()
+        self._count("syn:" + s.name, "wrap32", nwrap)
+        self._count("syn:" + s.name, "values", acc.numel())
+        self._count(s.dst, "wrap32", nwrap)
         return I.shift(w, f["f_W"] + f["f_S"] + 9 - b, f["f_A"])
 
     def _port(self, pop, port, ports):
@@ -125,16 +140,15 @@ class Emulator:
             return None
         if self.int:
             y = I.sat(x, 24)
-            c = self.counters[pop.name]
-            c["sat_port"] += int((y != x).sum())
-            c["port_values"] += x.numel()
+            self._count(pop.name, "sat_port", (y != x).sum())
+            self._count(pop.name, "port_values", x.numel())
             return y
         self._rec(f"port:{pop.name}.{port}", x)
         return x
 
     def _sat_state(self, pop, x):
         y = I.sat(x, 24)
-        self.counters[pop.name]["sat_state"] += int((y != x).sum())
+        self._count(pop.name, "sat_state", (y != x).sum())
         return y
 
     def _payload(self, pop, V):
@@ -144,7 +158,7 @@ class Emulator:
         f = pop.fmt
         x = I.shift(V, f["V"], f["P"])
         y = I.sat(x, f.get("payload_bits", 16))
-        self.counters[pop.name]["sat_payload"] += int((y != x).sum())
+        self._count(pop.name, "sat_payload", (y != x).sum())
         return y
 
     # ---- neuron types -------------------------------------------------------------------------------
@@ -167,7 +181,7 @@ class Emulator:
             Vs.append(V)
         Vs = torch.stack(Vs)
         if self.int:
-            self.counters[pop.name]["state_values"] += 2 * Vs.numel()
+            self._count(pop.name, "state_values", 2 * Vs.numel())
         else:
             self._rec(f"V:{pop.name}", Vs)
         return Vs, self._payload(pop, Vs), V
@@ -202,7 +216,7 @@ class Emulator:
             Vs.append(V)
         Vs = torch.stack(Vs)
         if self.int:
-            self.counters[pop.name]["state_values"] += 2 * Vs.numel()
+            self._count(pop.name, "state_values", 2 * Vs.numel())
         else:
             self._rec(f"V:{pop.name}", Vs)
             self._rec(f"U:{pop.name}", U)
@@ -216,7 +230,7 @@ class Emulator:
             g = I.lut_sigmoid(G, f["G"], self._lut["sigmoid"])
             x = I.shift(R * g, f["R"] + 12, f["F"]) + I.shift(Q, f["Q"], f["F"])
             y = I.sat(x, 24)
-            self.counters[pop.name]["sat_payload"] += int((y != x).sum())
+            self._count(pop.name, "sat_payload", (y != x).sum())
             return y
         out = R * torch.sigmoid(G) + Q
         self._rec(f"out:{pop.name}", out)
@@ -234,7 +248,7 @@ class Emulator:
         A = ports["A"]
         if self.int:
             y = I.sat(A, 24)
-            self.counters[pop.name]["sat_payload"] += int((y != A).sum())
+            self._count(pop.name, "sat_payload", (y != A).sum())
             return y
         self._rec(f"out:{pop.name}", A)
         return A
@@ -274,7 +288,7 @@ class Emulator:
             else:
                 raise ValueError(f"emulator: unknown neuron type {pop.kind!r}")
             pay[name] = P
-            nz = (P != 0).flatten(1).to(torch.float64).mean(1).cpu()
+            nz = (P != 0).flatten(1).to(torch.float64).mean(1)
             self._act_nz[name] = nz if self._act_nz[name] is None else self._act_nz[name] + nz
             self._act_n[name] += 1
             if trace:
@@ -337,7 +351,8 @@ class Emulator:
             return logits, state, traces
         return logits, state
 
-    def _threads(self):
+    def threads(self):
+        """Context: single intra-op thread for small graphs on CPU (faster there)."""
         import contextlib
 
         @contextlib.contextmanager
@@ -353,7 +368,7 @@ class Emulator:
     @torch.inference_mode()
     def forward(self, ids, state: EmuState | None = None) -> torch.Tensor:
         """ids [B, T] → logits [B, T, V] float32 (CPU), token by token from `state` (fresh when None)."""
-        with self._threads():
+        with self.threads():
             return self._forward(ids, state)
 
     def _forward(self, ids, state):
@@ -373,7 +388,7 @@ class Emulator:
                  seed: int | None = 0, eos_token_id: int | None = None) -> list[int]:
         """Prefill the prompt token by token, then sample one token at a time from the carried state.
         Returns the new ids (EOS included when produced). Batch 1."""
-        with self._threads():
+        with self.threads():
             return self._generate(prompt_ids, max_new_tokens, temperature, top_k, seed, eos_token_id)
 
     def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_token_id):
