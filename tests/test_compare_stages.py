@@ -6,7 +6,6 @@ from the metrics under test.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +196,19 @@ def test_report_from_cli(tiny_art, capsys, tmp_path):
     refs = assert_self_contained(index)
     assert {"membrane.png", "raster.png", "pair0_errors.png"} <= set(refs.refs)
     assert "layers.1.ffn.gate" in index.read_text()
+
+
+def test_bits_sweep_in_report(random_art, capsys, tmp_path):
+    from test_compare_report import assert_self_contained
+
+    ckpt, art, ids = random_art
+    code, doc, err = _json(capsys, art, "--reference", ckpt, "--input-ids", ids, "--report", tmp_path / "rep",
+                           "--bits-sweep", "8,3")
+    assert code == 0, err
+    sweep = {x["bits"]: x for x in doc["bits_sweep"]}
+    assert set(sweep) == {8, 3}
+    assert sweep[3]["kl"] > sweep[8]["kl"] > 0          # fewer bits, larger error
+    assert "bits.png" in assert_self_contained(tmp_path / "rep" / "index.html").refs
+    code, out, err = run_cli(capsys, "compare", art, "--reference", ckpt, "--input-ids", ids, "--report",
+                             tmp_path / "rep2", "--bits-sweep", "9")
+    assert code == 2 and "[2, 8]" in err

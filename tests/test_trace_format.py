@@ -111,3 +111,15 @@ def test_trace_key_in_meta_wins_and_order_is_execution_order():
                                "decode.output"]
     k = parse_key("layers.4.ffn.product")
     assert (k.layer, k.sublayer, k.name, k.stage) == (4, "ffn", "product", "layers.4.ffn")
+
+
+def test_verify_imports_no_lava():
+    """The trace/compare code must run on GPU machines without Lava (Python 3.11/3.12)."""
+    import subprocess
+    import sys
+    code = ("import sys, ns_compile.verify, ns_compile.verify.stages, ns_compile.verify.report, "
+            "ns_compile.verify.compare, ns_compile.verify.sweep, ns_compile.verify.emulator_trace, "
+            "ns_compile.cli.trace_cmd, ns_compile.cli.compare_cmd; "
+            "bad = [m for m in sys.modules if m == 'lava' or m.startswith('lava.')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

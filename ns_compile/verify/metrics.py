@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ns_compile.errors import UserError
-from ns_compile.verify.keys import SPIKING_KINDS, execution_rank, parse_key
+from ns_compile.verify.keys import execution_rank, parse_key
 from ns_compile.verify.trace import Entry, Trace
 
 DEFAULT_RTOL = 1e-3      # float divergence: |Δ| > atol + rtol · max|a| of the population

@@ -220,17 +220,22 @@ def plot_bits(sweep: list[dict], path: Path) -> bool:
     plt = _plt()
     sweep = sorted(sweep, key=lambda x: x["bits"])
     bits = [x["bits"] for x in sweep]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, label in (("kl", "logits KL (nats)"), ("rel_rms_median", "median rel. RMS membrane error"),
-                        ("top1_disagreement", "top-1 disagreement")):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, label in (("kl", "logits KL (nats)"), ("rel_rms_median", "median rel. RMS membrane error")):
         ys = [x.get(name) for x in sweep]
-        if any(v is not None for v in ys):
-            ax.plot(bits, [max(v, 1e-12) if v is not None else np.nan for v in ys], "o-", label=label)
+        ax.plot(bits, [v if v is not None and v > 0 else np.nan for v in ys], "o-", label=label)
+    ax2 = ax.twinx()                                  # a fraction that is often exactly 0: linear axis
+    ys = [x.get("top1_disagreement") for x in sweep]
+    ax2.plot(bits, [np.nan if v is None else v for v in ys], "s--", color="#7f7f7f", label="top-1 disagreement")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_ylabel("top-1 disagreement (linear)", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("weight bits")
     ax.set_xticks(bits)
     ax.set_title("quantization error vs weight bits (vs reference)", fontsize=9)
-    ax.legend(fontsize=7)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence

@@ -38,26 +38,33 @@ def bits_sweep_for(cmp_, artifact, reference, bits_text: str | None, *, log) -> 
 
 
 def compute_bits_sweep(ref, checkpoint, bits: list[int], *, log) -> list[dict]:
+    """Compile `checkpoint` at each weight width (ns-compile compile, into a temporary folder), run
+    the emulator on the reference trace's ids and compare to it."""
+    import tempfile
+    from pathlib import Path
+
+    from ns_compile.artifact import load_artifact
+    from ns_compile.cli.compile_cmd import compile_checkpoint
     from ns_compile.verify.metrics import compare_traces
     from ns_compile.verify.stages import Source, run_stage
 
-    try:
-        from ns_compile.compiler import compile_checkpoint  # type: ignore[attr-defined]
-    except ImportError:
-        raise UserError("--bits-sweep needs in-process compilation (ns_compile.compiler.compile_checkpoint), "
-                        "which this installation lacks") from None
-    if not checkpoint:
-        raise UserError("--bits-sweep needs the reference checkpoint path")
+    if not checkpoint or not Path(str(checkpoint)).exists():
+        raise UserError("--bits-sweep needs the reference checkpoint (--reference CHECKPOINT)")
     out = []
     ids = ref.input_ids.tolist()
-    for b in bits:
-        log(f"bits sweep: compiling at {b} weight bits ...")
-        graph, manifest = compile_checkpoint(checkpoint, weight_bits=b)
-        src = Source(ref.meta.get("checkpoint") and __import__("pathlib").Path(str(checkpoint)), graph=graph,
-                     manifest=dict(manifest or {}), _checksum=f"in-process {b}-bit")
-        t = run_stage("emulator", src, ids)
-        r = compare_traces(ref, t)
-        rel = [x["rel_rms_err"] for x in r["layers"] if x.get("rel_rms_err") is not None and np.isfinite(x["rel_rms_err"])]
-        out.append({"bits": b, "kl": r.get("kl"), "top1_disagreement": None if r.get("top1_agreement") is None
-                    else 1.0 - r["top1_agreement"], "rel_rms_median": float(np.median(rel)) if rel else None})
+    keys = list(ref.entries)
+    with tempfile.TemporaryDirectory(prefix="ns-bits-") as tmp:
+        for b in bits:
+            log(f"bits sweep: compiling at {b} weight bits ...")
+            art = Path(tmp) / f"w{b}.nsc"
+            compile_checkpoint(checkpoint, art, weight_bits=b)
+            graph, manifest = load_artifact(art)
+            src = Source(art, graph=graph, manifest=dict(manifest or {}))
+            t = run_stage("emulator", src, ids, populations=keys or None)
+            r = compare_traces(ref, t)
+            rel = [x["rel_rms_err"] for x in r["layers"]
+                   if x.get("rel_rms_err") is not None and np.isfinite(x["rel_rms_err"])]
+            out.append({"bits": b, "kl": r.get("kl"),
+                        "top1_disagreement": None if r.get("top1_agreement") is None else 1.0 - r["top1_agreement"],
+                        "rel_rms_median": float(np.median(rel)) if rel else None})
     return out
