@@ -88,8 +88,12 @@ def _metis(csr: CSR, nodes: np.ndarray | None, vw: np.ndarray, k: int, seed: int
     if k <= 1 or n <= k:
         return np.arange(n) % max(k, 1) if n <= k else np.zeros(n, np.int64)
     opts = pymetis.Options(seed=seed, ufactor=5, ncuts=1)
-    _, parts = pymetis.part_graph(k, xadj=xadj, adjncy=adjncy, vweights=vw.astype(np.int64),
-                                  eweights=ew, options=opts)
+    if hasattr(pymetis, "CSRAdjacency"):
+        _, parts = pymetis.part_graph(k, pymetis.CSRAdjacency(xadj, adjncy), vweights=vw.astype(np.int64),
+                                      eweights=ew, options=opts)
+    else:
+        _, parts = pymetis.part_graph(k, xadj=xadj, adjncy=adjncy, vweights=vw.astype(np.int64),
+                                      eweights=ew, options=opts)
     return np.asarray(parts, np.int64)
 
 
@@ -213,9 +217,10 @@ def place_metis(tiling: Tiling, profile, csr: CSR, seed: int = 1) -> Placement:
     T = tiling.n_tiles
     cpc = profile.cores_per_chip
     lb, _, _ = lower_bound_cores(tiling)
-    # every tile bound by the dominant budget needs a core of its own (the rest share them)
-    est_cores = int(np.count_nonzero(frac.argmax(axis=1) == dom))
-    k = max(1, -(-max(est_cores, lb) // cpc))
+    # a tile filling over half of a core in the dominant budget needs a core of its own; the
+    # others mostly fit beside those (packing-aware tiling); start there, add chips on overflow
+    est_cores = int(np.count_nonzero(frac[:, dom] > 0.5))
+    k = min(max(1, -(-max(est_cores, lb) // cpc)), profile.chips)
     vw = np.rint(frac[:, dom] * 1000).astype(np.int64) + 1
     while True:
         if k > profile.chips:

@@ -361,7 +361,20 @@ def _size_all(pts, by_name, profile, cap, header, limits: dict) -> None:
             if best is not None:
                 break
         if best is None:
-            raise InfeasibleError(_excess_message(pt, full[pt.name], fanout, cap))
+            rmax = max((full[pt.name].max_rows(C, fanout)
+                        for C in _c_candidates(max([s.width for s in pt.sources] + [1]))), default=0)
+            if rmax == 0:
+                raise InfeasibleError(_excess_message(pt, full[pt.name], fanout, cap))
+            R = -(-pt.size // rmax)
+            s = max(prod, key=lambda x: producer_fanout[x.name] + _direct_fanout(by_name[x.name]))
+            sp = by_name[s.name]
+            need = producer_fanout[s.name] + R + _direct_fanout(sp)
+            raise InfeasibleError(
+                f"{_describe(sp)}: each neuron must reach {need} destination tiles ({R} row tiles of "
+                f"{pt.name!r}, which holds at most {rmax} neurons per tile, plus "
+                f"{need - R} for its other consumers: {', '.join(sorted(sp.consumers))}"
+                f"{', host' if sp.readout else ''}), but a core has {int(cap[B_AXO])} output axons "
+                f"(exceeds by {int(need - cap[B_AXO])}, {need / cap[B_AXO]:.2f}x)")
         _, pt.C, pt.r, pt.R = best
         for s in prod:
             producer_fanout[s.name] += pt.R
