@@ -101,7 +101,7 @@ def tiny_graphs():
     return g, qg
 
 
-def big_graph(calib_tokens=4):
+def big_graph(calib_tokens=4, device="cpu"):
     from ns_compile.lower.neuronspark import lower_neuronspark
     from ns_compile.models.neuronspark.config import NSConfig
     from ns_compile.quant import quantize
@@ -109,7 +109,8 @@ def big_graph(calib_tokens=4):
     t0 = time.perf_counter()
     g = lower_neuronspark(cfg, RandomWeights(cfg))
     t1 = time.perf_counter()
-    qg, rep = quantize(g, torch.arange(5, 5 + calib_tokens).unsqueeze(0), dtype=torch.float32)
+    qg, rep = quantize(g, torch.arange(5, 5 + calib_tokens).unsqueeze(0), dtype=torch.float32, device=device)
+    del g
     t2 = time.perf_counter()
     print(f"0.9B random: lowered in {t1 - t0:.1f} s, calibrated ({calib_tokens} tokens, float32) and quantized "
           f"in {t2 - t1:.1f} s; {qg.neuron_count():,} neurons, {qg.synapse_count():,} on-chip synapses", flush=True)
@@ -132,12 +133,18 @@ def main(argv=None):
     rows = []
     if not args.skip_tiny and (FIXTURES / "neuronspark-tiny").exists():
         g, qg = tiny_graphs()
+        if "cuda" in devices:
+            from ns_compile.sim import Emulator
+            ids = torch.tensor(json.loads((FIXTURES / "neuronspark-tiny" / "input_ids.json").read_text()))
+            a = Emulator(qg, "cpu").forward(ids)
+            b = Emulator(qg, "cuda").forward(ids)
+            print(f"tiny integer emulator, CPU vs CUDA logits bit-identical: {torch.equal(a, b)}", flush=True)
         for d in devices:
             rows.append(bench(g, d, 8, 16, "tiny (D=64, 2 layers)"))
             rows.append(bench(qg, d, 8, 16, "tiny (D=64, 2 layers)"))
             print(rows[-2], "\n", rows[-1], flush=True)
     if not args.skip_09b:
-        qg = big_graph()
+        qg = big_graph(device="cuda" if "cuda" in devices else "cpu")
         for d in devices:
             rows.append(bench(qg, d, 4, args.tokens, "0.9B config, random weights"))
             print(rows[-1], flush=True)
