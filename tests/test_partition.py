@@ -125,7 +125,6 @@ def test_weight_bits_change_synapse_memory():
     for r, spu in ((r8, 4), (r4, 8), (r2, 16)):
         assert r.model_bound["synapse_memory_cores"] == -(-syn // (spu * 12000))
     assert r2.cores_used <= r4.cores_used <= r8.cores_used
-    assert r8.cores_lower_bound if False else True
     assert r4.to_json()["weight_bits"] == [4]
 
 
