@@ -126,7 +126,8 @@ class Emulator:
             return a
         f = s.fmt
         b = f["bits"]
-        acc = I.exact_matmul(src_payload, self._w[s.name], self._wmax[s.name]) << (9 - b)
+        xmax = (1 << (self.g.populations[s.src].fmt.get("payload_bits", 24) - 1)) - 1
+        acc = I.exact_matmul(src_payload, self._w[s.name], self._wmax[s.name], xmax) << (9 - b)
         w = I.wrap32(acc)
         nwrap = (w != acc).sum()
         self._count("syn:" + s.name, "wrap32", nwrap)

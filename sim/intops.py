@@ -48,7 +48,7 @@ def lut_softplus(x: torch.Tensor, f_x: int, table: torch.Tensor) -> torch.Tensor
     return torch.where(s8 >= 2048, shift(x, f_x, 12), inside)
 
 
-def exact_matmul(x: torch.Tensor, w: torch.Tensor, w_max: int | None = None) -> torch.Tensor:
+def exact_matmul(x: torch.Tensor, w: torch.Tensor, w_max: int | None = None, x_max: int | None = None) -> torch.Tensor:
     """Exact integer x @ wᵀ. x: int64 [..., n]; w: float64 [m, n] holding integers (|w| ≤ w_max).
 
     Uses float64 GEMM when every partial sum is provably below 2^53; otherwise splits x into
@@ -57,7 +57,8 @@ def exact_matmul(x: torch.Tensor, w: torch.Tensor, w_max: int | None = None) -> 
     n = x.shape[-1]
     if w_max is None:
         w_max = int(w.abs().max().item()) if w.numel() else 0
-    x_max = int(x.abs().max().item()) if x.numel() else 0
+    if x_max is None:                 # a static bound (e.g. the payload width) avoids a device sync
+        x_max = int(x.abs().max().item()) if x.numel() else 0
     if x_max * w_max * max(n, 1) < _F64_EXACT:
         return torch.matmul(x.to(torch.float64), w.t()).to(torch.int64)
     if x_max < (1 << 16):             # limbs cannot help: plain int64 product (CPU)
