@@ -198,24 +198,31 @@ def _configure_logging() -> _LogCapture:
     return cap
 
 
-def _worker_failure(runtime, cap: _LogCapture) -> str | None:
-    """Traceback text of failed Lava workers, or None while all are alive."""
+def _worker_failure(runtime, cap: _LogCapture, grace_s: float = 5.0) -> str | None:
+    """Traceback text of failed Lava workers, or None while all are alive. When a worker is seen
+    dead, the others get `grace_s` to deliver their exception (the failing model may still be
+    unwinding while a runtime service has already exited cleanly)."""
     mi = getattr(runtime, "_messaging_infrastructure", None)
     actors = list(getattr(mi, "actors", []) or [])
     dead = [a for a in actors if not a.is_alive()]
     if not dead:
         return None
-    tbs = []
-    for a in actors:
-        try:
-            exc = a.exception
-        except Exception:                                  # noqa: BLE001
-            exc = None
-        if exc:
-            tbs.append(exc[1])
-    log = cap.buf.getvalue()
-    if not tbs and "Traceback" in log:
-        tbs.append(log[log.index("Traceback"):])
+    end = time.monotonic() + grace_s
+    while True:
+        tbs = []
+        for a in actors:
+            try:
+                exc = a.exception
+            except Exception:                              # noqa: BLE001
+                exc = None
+            if exc:
+                tbs.append(exc[1])
+        log = cap.buf.getvalue()
+        if not tbs and "Traceback" in log:
+            tbs.append(log[log.index("Traceback"):])
+        if tbs or time.monotonic() > end:
+            break
+        time.sleep(0.05)
     return "\n".join(tbs) if tbs else f"a Lava worker exited (exit codes {[a.exitcode for a in dead]})"
 
 
@@ -314,8 +321,6 @@ def _session(graph, prompt_ids, opts):
             if n >= len(prompt_ids) - 1 and len(new_ids) < n_new:
                 lg = torch.from_numpy(logits.astype(np.float32)).reshape(1, -1)
                 new_ids.append(int(sample(lg, opts["temperature"], opts["top_k"] or 0, gen)[0]))
-        if n_new > len(new_ids):                          # n_new == 0 handled; last token sampled above
-            pass
         t_run = time.perf_counter() - t1
         host.wait()
         host.stop()
@@ -364,7 +369,7 @@ def _run_cfg(backend: str, fixed: bool, model_map: dict):
 # ---------------------------------------------------------------------------------------------
 # public entry point
 # ---------------------------------------------------------------------------------------------
-def _load(graph_or_path):
+def _load(graph_or_path, float_graph: bool = False):
     from ns_compile.ir import Graph
     if isinstance(graph_or_path, Graph):
         return graph_or_path
@@ -372,7 +377,7 @@ def _load(graph_or_path):
         from ns_compile.artifact import load_artifact
     except ImportError as e:
         raise UserError("the artifact loader (ns_compile.artifact) is not available", graph_or_path) from e
-    g, _manifest = load_artifact(graph_or_path)
+    g, _manifest = load_artifact(graph_or_path, float_graph=float_graph)
     return g
 
 
@@ -391,7 +396,7 @@ def run_artifact(graph_or_path, prompt_ids, *, mode: str = "fixed", granularity:
     if backend == "loihi2":
         from ns_compile.backends.lava.loihi2 import require_lava_loihi
         require_lava_loihi()
-    graph = _load(graph_or_path)
+    graph = _load(graph_or_path, float_graph=(mode == "float"))
     if graph.meta.get("shape_only"):
         raise UserError("a shape-only graph (no weights) cannot run on Lava")
     if mode == "fixed" and not graph.quantized:
