@@ -90,6 +90,14 @@ def bench(graph, device, prompt_len=4, new_tokens=4, label=""):
 
 
 def tiny_graphs():
+    """The tiny fixture; without ../shared, random weights of the same shape (D=64, 2 layers)."""
+    if not (FIXTURES / "neuronspark-tiny").exists():
+        from ns_compile.lower.neuronspark import lower_neuronspark
+        from ns_compile.models.neuronspark.config import NSConfig
+        from ns_compile.quant import quantize
+        cfg = NSConfig(vocab_size=6144, D=64, N=8, K=16, num_layers=2, D_ff=192)
+        g = lower_neuronspark(cfg, RandomWeights(cfg))
+        return g, quantize(g, torch.arange(3, 35).reshape(2, 16))[0]
     from ns_compile.lower import lower_handle
     from ns_compile.models import load_model
     from ns_compile.quant import quantize
@@ -131,11 +139,11 @@ def main(argv=None):
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}")
     rows = []
-    if not args.skip_tiny and (FIXTURES / "neuronspark-tiny").exists():
+    if not args.skip_tiny:
         g, qg = tiny_graphs()
         if "cuda" in devices:
             from ns_compile.sim import Emulator
-            ids = torch.tensor(json.loads((FIXTURES / "neuronspark-tiny" / "input_ids.json").read_text()))
+            ids = torch.arange(3, 35).reshape(2, 16)
             a = Emulator(qg, "cpu").forward(ids)
             b = Emulator(qg, "cuda").forward(ids)
             print(f"tiny integer emulator, CPU vs CUDA logits bit-identical: {torch.equal(a, b)}", flush=True)
