@@ -30,7 +30,7 @@ from ns_compile.ir import Direct, Graph, HostOp, Population, Stage, Synapse
 
 FORMAT = "ns-compile-artifact"
 FORMAT_VERSION = 1
-FIXED_POINT_VERSION = 2          # docs/fixed_point.md (v2)
+FIXED_POINT_VERSION = 3          # docs/fixed_point.md (v3)
 _DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -87,12 +87,21 @@ def graph_to_json(g: Graph) -> tuple[dict, dict[str, np.ndarray]]:
         "host_ops": [{"name": h.name, "kind": h.kind, "inputs": h.inputs, "outputs": h.outputs,
                       "params": pk.pack(h.params, f"host.{h.name}"), "fmt": pk.pack(h.fmt, "x"),
                       "meta": pk.pack(h.meta, f"hostmeta.{h.name}")} for h in g.host_ops.values()],
-        "stages": [{"name": s.name, "frames": s.frames, "drive": s.drive, "drive_targets": s.drive_targets,
-                    "populations": s.populations, "readout": s.readout, "after": s.after} for s in g.stages],
+        "stages": [_stage_json(s) for s in g.stages],
         "program": list(g.program),
         "meta": pk.pack(g.meta, "meta"),
     }
     return d, pk.tensors
+
+
+def _stage_json(s: Stage) -> dict:
+    d = {"name": s.name, "frames": s.frames, "drive": s.drive, "drive_targets": s.drive_targets,
+         "populations": s.populations, "readout": s.readout, "after": s.after}
+    if s.drive_per_frame:                      # Nord fields (§7) only when used
+        d["drive_per_frame"] = True
+    if s.readouts:
+        d["readouts"] = list(s.readouts)
+    return d
 
 
 def graph_from_json(d: dict, tensors: dict[str, np.ndarray]) -> Graph:

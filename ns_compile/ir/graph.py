@@ -101,6 +101,14 @@ class Stage:
     populations: list[str]                     # dataflow order
     readout: str                               # population whose payloads go to the host per frame
     after: str                                 # host op that consumes the K readouts
+    # Nord (docs/fixed_point.md §7): the drive op returns one vector per frame [K, B, n] instead of
+    # a constant [B, n]; synapse groups with src "host:<drive op>" take its per-frame payload.
+    drive_per_frame: bool = False
+    # every population read out to the host per frame (empty: [readout])
+    readouts: list[str] = field(default_factory=list)
+
+    def host_readouts(self) -> list[str]:
+        return list(self.readouts) or [self.readout]
 
 
 @dataclass

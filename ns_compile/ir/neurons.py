@@ -25,4 +25,7 @@ NEURON_TYPES: dict[str, NeuronType] = {t.name: t for t in [
     NeuronType("product", ("X1", "X2"), (), ("exp",), "§3.4", stock_lava="lava.proc.prodneuron.process.ProdNeuron",
                custom_microcode=False),
     NeuronType("accumulate", ("A",), (), (), "§3.5"),
+    # Nord AssociativeLIF: port I (feed-forward / host drive), port C (the recurrent cascade group,
+    # one frame of delay); state reset at frame 0 of every token (rows are independent).
+    NeuronType("lif_nord", ("I", "C"), ("U", "V", "R"), ("BS", "BM", "TH", "VRESET", "RT"), "§7.2"),
 ]}
