@@ -39,6 +39,13 @@ class EmuState:
 
 
 class Emulator:
+    def __new__(cls, graph=None, *args, **kwargs):
+        # Nord graphs (docs/fixed_point.md §7) run on their own emulator (ns_compile.sim.nord)
+        if cls is Emulator and getattr(graph, "family", None) == "nord":
+            from ns_compile.sim.nord import NordEmulator
+            return NordEmulator(graph, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, graph, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
                  recorder=None):
         self.g = graph

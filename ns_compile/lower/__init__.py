@@ -14,4 +14,8 @@ def lower_handle(handle, *, weights: bool = True, dtype=None):
         from ns_compile.lower.neuronspark import lower_neuronspark
         w = handle.weights() if (weights and handle.has_weights) else None
         return lower_neuronspark(handle.config, w)
+    if handle.family == "nord":
+        from ns_compile.lower.nord import lower_nord
+        sd = handle._sd if (weights and handle.has_weights) else None
+        return lower_nord(handle.config, sd)
     raise UserError(f"no lowering for model family {handle.family!r} yet")
