@@ -1,6 +1,8 @@
 """`ns-compile compile`: checkpoint → lowered, calibrated, quantized (and optionally partitioned) artifact."""
 from __future__ import annotations
 
+import os
+
 import hashlib
 from pathlib import Path
 
@@ -110,7 +112,10 @@ def compile_checkpoint(checkpoint, output, *, weight_bits: int = 8, calibration:
     qgraph, report = quantize(fgraph, ids, weight_bits=weight_bits, dtype=torch.float32 if big else torch.float64)
     partition = run_partitioner(qgraph, hardware) if hardware else None
     options = {"weight_bits": weight_bits, "hardware": hardware, **cal_src}
-    source = {"family": handle.family, "name": Path(checkpoint).name,
+    # the checkpoint's path relative to the artifact, so `compare ART` finds its reference
+    # (relative keeps the bytes independent of where the pair of folders lives)
+    rel = os.path.relpath(Path(checkpoint).resolve(), Path(output).resolve().parent)
+    source = {"family": handle.family, "name": Path(checkpoint).name, "path": rel,
               "weights_file": wf.name if wf else None, "sha256": sha256_file(wf) if wf else None,
               "config": dict(fgraph.config)}
     tok_dir = Path(handle.tokenizer.path).parent if getattr(handle, "tokenizer", None) is not None else None
