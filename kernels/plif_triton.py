@@ -63,7 +63,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 def _plif_fwd_kernel(
     beta_ptr, u_ptr, theta_ptr, v0_ptr, spk_ptr, v_ptr,
-    S, C, S_BUCKET,
+    S, C,
     ROW_PARAM: tl.constexpr, WRITE_SPIKE: tl.constexpr, OUT_BF16: tl.constexpr, I64: tl.constexpr,
     BLOCK_C: tl.constexpr, UNROLL: tl.constexpr, PREFETCH: tl.constexpr,
 ):
@@ -184,7 +184,7 @@ def _plif_fwd_kernel(
 def _plif_bwd_kernel(
     beta_ptr, u_ptr, theta_ptr, v0_ptr, vpost_ptr, dv_ptr, ds_ptr,
     dbeta_ptr, du_ptr, dtheta_ptr, dv0_ptr,
-    S, C, S_BUCKET, ALPHA,
+    S, C, ALPHA,
     ROW_PARAM: tl.constexpr, HAS_DV: tl.constexpr, HAS_DS: tl.constexpr, DETACH_RESET: tl.constexpr,
     I64: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
 ):
@@ -277,31 +277,62 @@ def _plif_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------------------------------
-# (BLOCK_C, UNROLL, PREFETCH, num_warps). Candidates for autotuning; the defaults below were picked from
-# the sweep in benchmarks/bench_plif_scan.py on an H100 (kernels/NOTES.md).
+# (BLOCK_C, UNROLL, PREFETCH, num_warps). The defaults come from the sweep of benchmarks/bench_plif_scan.py on
+# an H100 (kernels/NOTES.md): at S = 8192, C = 7168 fp32, (32, 32, prefetch, 1 warp) ran the per-step forward
+# in 530 us (1.77 TB/s) and the row-parameter one in 285 us, and was also the best bf16 config (471 / 235 us);
+# at S = 16 the configs are within the timing noise of one another (5-7 us).
+# Candidates stay small: a tile of UNROLL steps is unrolled into straight-line code, and ptxas takes minutes on
+# the larger ones (e.g. 64 columns x 32 steps on one warp: 255 registers + a stack frame, ~80 s to compile).
 FWD_CONFIGS = [
+    (32, 32, True, 1),
     (32, 16, True, 1),
-    (32, 8, True, 1),
-    (32, 32, False, 1),
     (32, 16, False, 1),
+    (16, 32, True, 1),
     (64, 16, True, 2),
-    (64, 8, True, 1),
 ]
 BWD_CONFIGS = [
-    (32, 8, False, 1),
     (32, 16, False, 1),
+    (32, 8, False, 1),
     (64, 8, False, 2),
+    (64, 8, False, 1),
 ]
 
 
-def default_fwd_config(S: int, C: int, row_param: bool):
+def default_fwd_config(S: int, C: int, row_param: bool, dtype: torch.dtype = torch.float32):
     if S <= 16:
         return (32, 16, False, 1)
-    return (32, 16, True, 1)
+    return (32, 32, True, 1)
 
 
 def default_bwd_config(S: int, C: int, row_param: bool):
-    return (32, 8, False, 1)
+    # H100, S = 8192, C = 7168: per-step 1747 us (1.21 TB/s) vs 2392 us with 8-step tiles; row-param 1336 vs 1631 us
+    return (32, 16, False, 1)
+
+
+# Opt-in run-time tuning (config="autotune", or NS_COMPILE_PLIF_AUTOTUNE=1): the first call for a key times every
+# candidate with triton.testing.do_bench and keeps the fastest. Every candidate computes bit-identical results
+# (no reduction order depends on the config), so tuning changes speed only.
+_TUNED: dict = {}
+
+
+def _autotune(key, candidates, launch):
+    if key not in _TUNED:
+        from triton.testing import do_bench
+
+        best = None
+        for cfg in candidates:
+            try:
+                ms = do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+            except Exception:
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, cfg)
+        _TUNED[key] = best[1]
+    return _TUNED[key]
+
+
+def _want_autotune(config) -> bool:
+    return config == "autotune" or (config is None and os.environ.get("NS_COMPILE_PLIF_AUTOTUNE", "0") == "1")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,6 +366,7 @@ def _kernel(fn, device: torch.device):
 
 
 def _s_bucket(S: int) -> int:
+    """S rounded up to a power of two (capped): the tuning key, so that every prompt length does not re-tune."""
     b = 1
     while b < S and b < 4096:
         b *= 2
@@ -362,16 +394,21 @@ def plif_fwd_triton(beta, u, theta, v0, *, row_param: bool, write_spike: bool = 
     spk = torch.empty((S, C), dtype=out_dtype, device=u.device) if write_spike else v_out
     if S == 0 or C == 0:
         return (spk if write_spike else None), v_out
-    cfg = config or default_fwd_config(S, C, row_param)
-    block_c, unroll, prefetch, warps = cfg
     kern, compiled = _kernel(_plif_fwd_kernel, u.device)
-    grid = (triton.cdiv(C, block_c),)
-    extra = {"num_warps": warps, "enable_fp_fusion": False} if compiled else {}
-    kern[grid](
-        beta, u, theta, v0, spk, v_out, S, C, _s_bucket(S),
-        ROW_PARAM=row_param, WRITE_SPIKE=write_spike, OUT_BF16=out_dtype == torch.bfloat16, I64=_i64(S, C),
-        BLOCK_C=block_c, UNROLL=unroll, PREFETCH=prefetch, **extra,
-    )
+
+    def launch(cfg):
+        block_c, unroll, prefetch, warps = cfg
+        extra = {"num_warps": warps, "enable_fp_fusion": False} if compiled else {}
+        kern[(triton.cdiv(C, block_c),)](
+            beta, u, theta, v0, spk, v_out, S, C,
+            ROW_PARAM=row_param, WRITE_SPIKE=write_spike, OUT_BF16=out_dtype == torch.bfloat16, I64=_i64(S, C),
+            BLOCK_C=block_c, UNROLL=unroll, PREFETCH=prefetch, **extra,
+        )
+
+    if _want_autotune(config):
+        config = (_autotune(("fwd", row_param, write_spike, u.dtype, beta.dtype, out_dtype, _s_bucket(S), C),
+                            FWD_CONFIGS, launch) if compiled else None)
+    launch(config or default_fwd_config(S, C, row_param, u.dtype))
     return (spk if write_spike else None), v_out
 
 
@@ -406,17 +443,22 @@ def plif_bwd_triton(beta, u, theta, v0, v_post32, dv, ds, *, row_param: bool, de
             dbeta.zero_()
             dtheta.zero_()
         return dbeta, du, dtheta, dv0
-    cfg = config or default_bwd_config(S, C, row_param)
-    block_c, unroll, _prefetch, warps = cfg
     kern, compiled = _kernel(_plif_bwd_kernel, dev)
-    grid = (triton.cdiv(C, block_c),)
-    extra = {"num_warps": warps, "enable_fp_fusion": False} if compiled else {}
-    kern[grid](
-        beta, u, theta, v0, v_post32,
-        dv if dv is not None else u, ds if ds is not None else u,
-        dbeta, du, dtheta, dv0,
-        S, C, _s_bucket(S), float(alpha),
-        ROW_PARAM=row_param, HAS_DV=dv is not None, HAS_DS=ds is not None, DETACH_RESET=detach_reset,
-        I64=_i64(S, C), BLOCK_C=block_c, UNROLL=unroll, **extra,
-    )
+
+    def launch(cfg):
+        block_c, unroll, _prefetch, warps = cfg
+        extra = {"num_warps": warps, "enable_fp_fusion": False} if compiled else {}
+        kern[(triton.cdiv(C, block_c),)](
+            beta, u, theta, v0, v_post32,
+            dv if dv is not None else u, ds if ds is not None else u,
+            dbeta, du, dtheta, dv0,
+            S, C, float(alpha),
+            ROW_PARAM=row_param, HAS_DV=dv is not None, HAS_DS=ds is not None, DETACH_RESET=detach_reset,
+            I64=_i64(S, C), BLOCK_C=block_c, UNROLL=unroll, **extra,
+        )
+
+    if _want_autotune(config):
+        config = (_autotune(("bwd", row_param, dv is None, ds is None, u.dtype, beta.dtype, _s_bucket(S), C),
+                            BWD_CONFIGS, launch) if compiled else None)
+    launch(config or default_bwd_config(S, C, row_param))
     return dbeta, du, dtheta, dv0

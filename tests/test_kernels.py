@@ -88,22 +88,32 @@ def _grads(fn, beta, u, theta, v0, ws, wv, return_spike, **kw):
 def _ref_grads(beta, u, theta, v0, ws, wv, row_param, detach_reset, return_spike):
     leaves = [t.detach().clone().requires_grad_() for t in (beta, u, theta, v0)]
     s, v = _ref_loop(*leaves, row_param=row_param, detach_reset=detach_reset)
-    loss = (v * wv).sum()
+    # outputs in u's dtype, as the API returns them: autograd then rounds the output grads the same way
+    s, v = s.to(u.dtype), v.to(u.dtype)
+    loss = (v.float() * wv).sum()
     if return_spike:
-        loss = loss + (s * ws).sum()
+        loss = loss + (s.float() * ws).sum()
     loss.backward()
     return [t.grad for t in leaves]
 
 
-def _check_backward(backend, S, C, row_param, detach_reset, return_spike, seed, bwd_config=None):
+BF16_STEP = 2.0 ** -7  # one bf16 rounding step, relative
+
+
+def _check_backward(backend, S, C, row_param, detach_reset, return_spike, seed, bwd_config=None,
+                    dtype=torch.float32):
+    """Max relative grad error over the fp32 leaves; with a bf16 u its gradient (bf16) is returned apart."""
     from ns_compile.kernels import plif_scan, plif_scan_rowparam
 
     fn = plif_scan_rowparam if row_param else plif_scan
-    beta, u, theta, v0, ws, wv = _inputs(S, C, row_param, seed)
+    beta, u, theta, v0, ws, wv = _inputs(S, C, row_param, seed, dtype)
     got = _grads(fn, beta, u, theta, v0, ws, wv, return_spike, backend=backend, detach_reset=detach_reset,
                  alpha=ALPHA, bwd_config=bwd_config)
     ref = _ref_grads(beta, u, theta, v0, ws, wv, row_param, detach_reset, return_spike)
-    return max(_grad_err(a, b) for a, b in zip(got, ref))
+    assert got[1].dtype == dtype
+    if dtype == torch.float32:
+        return max(_grad_err(a, b) for a, b in zip(got, ref)), 0.0
+    return max(_grad_err(got[i], ref[i]) for i in (0, 2, 3)), _grad_err(got[1], ref[1])
 
 
 def _check_forward(backend, S, C, row_param, dtype, return_spike, seed, fwd_config=None):
@@ -146,7 +156,8 @@ def _triton_cases():
     for row in (False, True):
         for detach in (False, True):
             cases.append(dict(kind="bwd", S=37, C=70, row=row, detach=detach, spike=True, cfg=None))
-        cases.append(dict(kind="bwd", S=40, C=33, row=row, detach=False, spike=False, cfg=(32, 16, False, 1)))
+        cases.append(dict(kind="bwd", S=40, C=33, row=row, detach=False, spike=False, cfg=(32, 8, False, 1)))
+        cases.append(dict(kind="bwd", S=21, C=33, row=row, detach=False, spike=True, cfg=None, dtype="bfloat16"))
     return cases
 
 
@@ -155,7 +166,7 @@ def _case_name(c):
     if c["kind"] == "fwd":
         parts += [c["dtype"], "spk" if c["spike"] else "vonly"]
     else:
-        parts += ["detach" if c["detach"] else "attached", "spk" if c["spike"] else "vonly"]
+        parts += ["detach" if c["detach"] else "attached", "spk" if c["spike"] else "vonly", c.get("dtype", "float32")]
     if c["cfg"]:
         parts.append("cfg" + "-".join(str(int(x)) for x in c["cfg"]))
     return "_".join(parts)
@@ -173,9 +184,10 @@ def _run_triton_cases():
                                                 c["spike"], seed=100 + i, fwd_config=c["cfg"])
                 out[name] = {"spike_mismatch": nbad, "max_dv": dv, "spike_rate": rate}
             else:
-                err = _check_backward("triton", c["S"], c["C"], c["row"], c["detach"], c["spike"], seed=100 + i,
-                                      bwd_config=c["cfg"])
-                out[name] = {"grad_err": err}
+                err, err_du = _check_backward("triton", c["S"], c["C"], c["row"], c["detach"], c["spike"],
+                                              seed=100 + i, bwd_config=c["cfg"],
+                                              dtype=getattr(torch, c.get("dtype", "float32")))
+                out[name] = {"grad_err": err, "grad_err_bf16_du": err_du}
         except Exception as e:  # reported per case by the parent
             out[name] = {"error": f"{type(e).__name__}: {e}"}
     return out
@@ -216,6 +228,7 @@ def test_triton_interpreted(case, triton_results):
             assert 0.02 < r["spike_rate"] < 0.98  # the inputs exercise both branches
     else:
         assert r["grad_err"] <= GRAD_TOL
+        assert r["grad_err_bf16_du"] <= BF16_STEP
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +247,14 @@ def test_torch_path_forward_equals_loop(row, dtype):
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize("spike", [True, False])
 def test_torch_path_backward_matches_autograd_loop(row, detach, spike):
-    assert _check_backward("torch", 29, 21, row, detach, spike, seed=11) <= GRAD_TOL
+    err, _ = _check_backward("torch", 29, 21, row, detach, spike, seed=11)
+    assert err <= GRAD_TOL
+
+
+@pytest.mark.parametrize("row", [False, True])
+def test_torch_path_backward_bf16_u(row):
+    err, err_du = _check_backward("torch", 17, 13, row, False, True, seed=12, dtype=torch.bfloat16)
+    assert err <= GRAD_TOL and err_du <= BF16_STEP
 
 
 def test_grad_flows_through_default_dispatch_multidim():
