@@ -112,6 +112,10 @@ def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.9
         raise ValueError("graph is already quantized")
     if graph.meta.get("shape_only"):
         raise UserError("cannot quantize a shape-only graph (no weights)")
+    if graph.family == "nord":                 # docs/fixed_point.md §7 (ns_compile.quant.nord)
+        from ns_compile.quant.nord import quantize_nord
+        return quantize_nord(graph, calib_ids, weight_bits=weight_bits, percentile=percentile, dtype=dtype,
+                             device=device, progress=progress)
     ids = torch.as_tensor(calib_ids, dtype=torch.long)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
@@ -346,4 +350,7 @@ def format_report(report: dict, *, max_lines: int = 60) -> str:
     lines.append(f"accumulators that can overflow: {len(worst)} worst-case, {len(cal)} seen in calibration")
     for o in (cal + worst)[: max(0, max_lines - len(lines))]:
         lines.append(f"  {o['group']}: {o['what']} exceeds its range by ×{o['factor']} ({o['case']})")
+    if "sparsity" in report:                   # Nord: measured spike rates per population
+        from ns_compile.quant.nord import format_sparsity
+        lines.append(format_sparsity(report))
     return "\n".join(lines)
