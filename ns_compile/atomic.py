@@ -25,6 +25,11 @@ def atomic_path(dest: str | os.PathLike, *, directory: bool = False):
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700; give the result the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        if tmp.exists():
+            os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
         if directory and dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
