@@ -306,6 +306,8 @@ def graph_to_onnx(g: Graph) -> bytes:
                 out[k] = v
         return out
 
+    if g.family == "nord":
+        return _nord_onnx(g)
     nodes = []
     H = "ids"
     hcount = 0
@@ -354,6 +356,52 @@ def graph_to_onnx(g: Graph) -> bytes:
     graph = helper.make_graph(nodes, f"{g.family}", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", V]),
                                helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", D])])
+    model = helper.make_model(graph, producer_name="ns-compile", producer_version="1",
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ns_compile", 1)])
+    return model.SerializeToString(deterministic=True)
+
+
+def _nord_onnx(g: Graph) -> bytes:
+    """ONNX view of a Nord graph (docs/fixed_point.md §7): host ops chained through the per-frame
+    residual stream, host-fed synapse groups reading the drive op's output, recurrent cascades."""
+    import onnx  # noqa: F401
+    from onnx import TensorProto, helper
+
+    def attrs(d: dict) -> dict:
+        return {k: (int(v) if isinstance(v, (bool, np.bool_, int, np.integer)) else v) for k, v in d.items()
+                if isinstance(v, (bool, np.bool_, int, np.integer, float, str))}
+
+    nodes, cur, last = [], "ids", {}
+    for name in g.program:
+        if name in g.host_ops:
+            op = g.host_ops[name]
+            ins = [cur] + [f"{p}.out" for p in (g.stage(op.meta["stage"]).host_readouts()
+                                                if op.meta.get("stage") and op.kind not in
+                                                ("nord_layernorm", "nord_gain_drive", "nord_encoder") else [])]
+            out = f"{name}.out"
+            nodes.append(helper.make_node(op.kind, ins, [out], name=name, domain="ns_compile", **attrs(op.fmt)))
+            if op.kind in ("nord_layernorm", "nord_gain_drive", "nord_encoder"):
+                last[op.meta["stage"]] = out
+            else:
+                cur = out
+        else:
+            st = g.stage(name)
+            for pn in st.populations:
+                p = g.populations[pn]
+                ins = [last[name]] if pn in st.drive_targets else []
+                for s in g.inputs_of(pn):
+                    src = f"{s.src[5:]}.out" if s.src.startswith("host:") else f"{s.src}.out"
+                    if s.src == pn:
+                        src = f"{pn}.prev"
+                    nodes.append(helper.make_node("Dense", [src], [f"{s.name}.A"], name=s.name, domain="ns_compile",
+                                                  fan_in=s.fan_in, fan_out=s.fan_out, port=s.dst_port,
+                                                  input_kind=s.input_kind, **attrs(s.fmt)))
+                    ins.append(f"{s.name}.A")
+                nodes.append(helper.make_node(p.kind, ins, [f"{pn}.out"], name=pn, domain="ns_compile", size=p.size,
+                                              depth=p.depth, frames=st.frames, **attrs(p.fmt)))
+    V = int(g.config.get("vocab_size", 0))
+    graph = helper.make_graph(nodes, "nord", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B"])],
+                              [helper.make_tensor_value_info("lm_head.out", TensorProto.FLOAT, ["B", V])])
     model = helper.make_model(graph, producer_name="ns-compile", producer_version="1",
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ns_compile", 1)])
     return model.SerializeToString(deterministic=True)

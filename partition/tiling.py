@@ -234,7 +234,7 @@ def build_tiling(graph, profile, activity: dict | None = None, weight_bits: int 
     index = {p.name: i for i, p in enumerate(pops)}
     stage_frames = {s.name: int(s.frames) for s in graph.stages}
     drives = {t for s in graph.stages for t in s.drive_targets}
-    readouts = {s.readout for s in graph.stages}
+    readouts = {r for s in graph.stages for r in (s.readouts or [s.readout])}   # Nord: several per stage
 
     # binary senders: a population whose outgoing synapses take binary input (Nord)
     binary = {p.name: bool(p.meta.get("binary", False)) for p in pops}

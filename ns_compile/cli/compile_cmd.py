@@ -19,6 +19,8 @@ def calibration_ids(handle, calibration: str | None):
     import torch
 
     from ns_compile.quant.calibrate import DEFAULT_TEXT
+    if calibration is not None and str(calibration).endswith(".json"):
+        return _calibration_id_file(handle, calibration)
     if calibration is not None:
         p = Path(calibration)
         try:
@@ -57,6 +59,35 @@ def calibration_ids(handle, calibration: str | None):
         raise UserError(f"the calibration text gives token id {bad[0]} outside the model's vocabulary",
                         calibration)
     return torch.tensor([ids]), src
+
+
+def _calibration_id_file(handle, calibration):
+    """--calibration FILE.json: token ids, one list or a list of equal-length lists (for checkpoints
+    without a tokenizer, e.g. the Nord fixtures); rows are concatenated."""
+    import torch
+
+    from ns_compile.cli.model_io import read_json
+    p = Path(calibration)
+    data = read_json(p)
+    rows = data if isinstance(data, list) and data and all(isinstance(r, list) for r in data) else [data]
+    ids = []
+    for r in rows:
+        if not isinstance(r, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in r):
+            raise UserError("a .json calibration file must hold token ids: [3, 87, ...] or [[...], [...]]", p)
+        ids += r
+    if len(ids) < 2:
+        raise UserError("the calibration ids give fewer than 2 tokens", p)
+    bad = [t for t in ids if not 0 <= t < handle.config.vocab_size]
+    if bad:
+        raise UserError(f"calibration token id {bad[0]} is outside the model's vocabulary", p)
+    raw = p.read_bytes()
+    if len(rows) > 1 and len({len(r) for r in rows}) == 1:       # equal rows stay rows (fresh state each)
+        n = max(1, MAX_CALIBRATION_TOKENS // len(rows[0]))
+        t = torch.tensor(rows[:n])
+    else:
+        t = torch.tensor([ids[:MAX_CALIBRATION_TOKENS]])
+    return t, {"calibration": p.name,
+                                                         "calibration_sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def _weights_file(handle) -> Path | None:
