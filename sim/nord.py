@@ -217,6 +217,59 @@ class NordEmulator:
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 self._rec(f"host:{name}.{k}", v)
 
+    def run_host(self, name: str, env: dict, state: NordState, B: int, S: int, trace: dict | None = None):
+        """One Nord host op (§7.3) on `env` (keys: ids [N], X [K, N, D], drive [K, N, n], stage_out
+        {population: (spikes, V)} of the last stage, Y, logits), in place. Shared with the Lava host."""
+        g = self.g
+        op = g.host_ops[name]
+        K = self.K
+        N = B * S
+        k = op.kind
+        want = trace is not None
+        so = env.get("stage_out")
+        if k == "nord_encoder":
+            env["drive"] = NH.encoder(op, env["ids"].reshape(N), self.fdtype)
+            self._rec_host(name, {"drive": env["drive"]})
+        elif k == "nord_spike_residual":
+            env["X"] = NH.spike_residual(op, so[g.stage(op.meta["stage"]).readout][0], self.fdtype)
+        elif k == "nord_layernorm":
+            env["drive"] = NH._layernorm(op, env["X"], self.cfg)
+            self._rec_host(name, {"Y": env["drive"]})
+            if want:
+                trace.setdefault("host", {})[name] = {"Y": env["drive"].reshape(K, B, S, -1)}
+        elif k == "nord_attention":
+            l = int(op.meta["layer"])
+            X = env["X"]
+            D = X.shape[-1]
+            r = NH.attention(op, X.reshape(K, B, S, D), env["drive"].reshape(K, B, S, D),
+                             so[op.meta["q"]][0].reshape(K, B, S, D), so[op.meta["k"]][0].reshape(K, B, S, D),
+                             state.cache[l], self.cfg, want=want)
+            env["X"] = r["X"].reshape(K, N, D)
+            self._rec_host(name, {"X": env["X"]})
+            if self.recorder is not None and not self.int:
+                self._rec(f"host:{name}.VB", state.cache[l]["VB"][:, -S:])
+            if want:
+                trace.setdefault("host", {})[name] = {kk: r[kk] for kk in ("scores", "attn", "O", "VB", "X")}
+        elif k == "nord_ffn_residual":
+            env["X"] = NH.ffn_residual(op, env["X"], so[g.stage(op.meta["stage"]).readout][0])
+            self._rec_host(name, {"X": env["X"]})
+            if want:
+                trace.setdefault("host", {})[name] = {"X": env["X"].reshape(K, B, S, -1)}
+        elif k == "nord_gain_drive":
+            env["drive"] = NH.gain_drive(op, env["X"])
+            self._rec_host(name, {"drive": env["drive"]})
+        elif k == "nord_readout":
+            sv = so[g.stage(op.meta["stage"]).readout]
+            r = NH.readout(op, sv[0], sv[1], self.cfg)
+            env["Y"] = r["Y"]
+            self._rec_host(name, {"Y": r["Y"], "R": r["R"], "M": r["M"]})
+        elif k == "nord_lm_head":
+            env["logits"] = NH.lm_head(op, env["Y"])["logits"]
+        elif k == "sample":
+            pass
+        else:
+            raise ValueError(f"Nord emulator: unknown host op kind {k!r}")
+
     def run(self, ids: torch.Tensor, state: NordState, trace: dict | None = None) -> torch.Tensor:
         """ids [B, S] (the next S positions after state.length) → logits [B, S, V] float32 (device).
         With a `trace` dict: per stage {population: {"V", "P"}} ([K, B, S, n]) and host values."""
@@ -224,75 +277,24 @@ class NordEmulator:
         B, S = ids.shape
         N = B * S
         K = self.K
-        g = self.g
         t0 = time.perf_counter()
         th = 0.0
-        X = drive = None
-        stage_out = None
-        logits = None
-        want = trace is not None
-        dtf = self.fdtype
-        for name in g.program:
-            if name in g.host_ops:
-                op = g.host_ops[name]
+        env = {"ids": ids.reshape(N)}
+        for name in self.g.program:
+            if name in self.g.host_ops:
                 t1 = time.perf_counter()
-                k = op.kind
-                if k == "nord_encoder":
-                    drive = NH.encoder(op, ids.reshape(N), dtf)
-                    self._rec_host(name, {"drive": drive})
-                elif k == "nord_spike_residual":
-                    X = NH.spike_residual(op, stage_out["input_lif"][0], dtf)
-                elif k == "nord_layernorm":
-                    drive = NH._layernorm(op, X, self.cfg)
-                    self._rec_host(name, {"Y": drive})
-                    if want:
-                        trace.setdefault("host", {})[name] = {"Y": drive.reshape(K, B, S, -1)}
-                elif k == "nord_attention":
-                    l = int(op.meta["layer"])
-                    D = X.shape[-1]
-                    r = NH.attention(op, X.reshape(K, B, S, D), drive.reshape(K, B, S, D),
-                                     stage_out[op.meta["q"]][0].reshape(K, B, S, D),
-                                     stage_out[op.meta["k"]][0].reshape(K, B, S, D),
-                                     state.cache[l], self.cfg, want=want)
-                    X = r["X"].reshape(K, N, D)
-                    self._rec_host(name, {"X": X, "VB": r.get("VB") if want else None})
-                    if self.recorder is not None and not self.int:
-                        self._rec(f"host:{name}.VB", state.cache[l]["VB"][:, -S:])
-                    if want:
-                        trace.setdefault("host", {})[name] = {kk: r[kk] for kk in ("scores", "attn", "O", "VB")}
-                        trace["host"][name]["X"] = r["X"]
-                elif k == "nord_ffn_residual":
-                    X = NH.ffn_residual(op, X, stage_out[g.stage(op.meta["stage"]).readout][0])
-                    self._rec_host(name, {"X": X})
-                    if want:
-                        trace.setdefault("host", {})[name] = {"X": X.reshape(K, B, S, -1)}
-                elif k == "nord_gain_drive":
-                    drive = NH.gain_drive(op, X)
-                    self._rec_host(name, {"drive": drive})
-                elif k == "nord_readout":
-                    sv = stage_out[g.stage(op.meta["stage"]).readout]
-                    r = NH.readout(op, sv[0], sv[1], self.cfg)
-                    Y = r["Y"]
-                    self._rec_host(name, {"Y": Y, "R": r["R"], "M": r["M"]})
-                elif k == "nord_lm_head":
-                    logits = NH.lm_head(op, Y)["logits"]
-                elif k == "sample":
-                    pass
-                else:
-                    raise ValueError(f"Nord emulator: unknown host op kind {k!r}")
+                self.run_host(name, env, state, B, S, trace)
                 th += time.perf_counter() - t1
             else:
-                stage_out = self.run_stage(name, drive, N)
-                if self.recorder is not None and not self.int and name == "input":
-                    pass
-                if want:
-                    trace[name] = {p: {"V": v.reshape(K, B, S, -1), "P": s.reshape(K, B, S, -1)}
-                                   for p, (s, v) in stage_out.items()}
+                env["stage_out"] = self.run_stage(name, env["drive"], N)
+                if trace is not None:
+                    trace[name] = {p: {"V": v.reshape(K, B, S, -1), "P": s_.reshape(K, B, S, -1)}
+                                   for p, (s_, v) in env["stage_out"].items()}
         state.length += S
         self.timings["host_s"] += th
         self.timings["stages_s"] += time.perf_counter() - t0 - th
         self.timings["tokens"] += S
-        return logits.reshape(B, S, -1)
+        return env["logits"].reshape(B, S, -1)
 
     # ---- token-level API (like Emulator) ---------------------------------------------------------
     def step(self, ids, state: NordState, trace: bool = False):
