@@ -413,7 +413,10 @@ def run_artifact(graph_or_path, prompt_ids, *, mode: str = "fixed", granularity:
     opts = {"mode": mode, "granularity": granularity, "max_new_tokens": max_new_tokens,
             "temperature": temperature, "top_k": top_k, "seed": seed, "timeout_s": timeout_s,
             "trace": trace, "backend": backend, "host_fn": host_fn}
-    res = _run_isolated(_session, (graph, prompt_ids, opts), timeout_s + 30.0)
+    fn = _session
+    if graph.family == "nord":                    # docs/fixed_point.md §7 (ns_compile.backends.lava.nord)
+        from ns_compile.backends.lava.nord import nord_session as fn
+    res = _run_isolated(fn, (graph, prompt_ids, opts), timeout_s + 30.0)
     if trace or return_info:
         return res
     return res["ids"]
