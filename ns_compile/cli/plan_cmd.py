@@ -11,12 +11,28 @@ def shape_graph(checkpoint):
     from ns_compile.errors import UserError
     from ns_compile.models import load_model
 
+    if _is_artifact(checkpoint):              # a compiled artifact: its graph carries measured activity
+        from ns_compile.artifact import load_artifact
+        return load_artifact(checkpoint)[0]
     handle = load_model(checkpoint, weights=False)
     try:
         from ns_compile.lower import lower_handle
     except ImportError:
         raise UserError("the IR lowering (ns_compile.lower) is not available", checkpoint) from None
     return lower_handle(handle, weights=False)
+
+
+def _is_artifact(path) -> bool:
+    import zipfile
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        return False
+    try:
+        with zipfile.ZipFile(p) as z:
+            return "manifest.json" in z.namelist() and "graph.json" in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 @click.command("plan")
@@ -36,7 +52,9 @@ def command(checkpoint, hardware, weight_bits, as_json, report_dir, seed):
     """Plan CHECKPOINT on a Loihi 2 system: tiles, cores, chips, traffic, latency and energy.
 
     CHECKPOINT is anything `inspect` accepts; a directory holding only config.json is enough
-    (weights are never read). Every population and synapse group is split into core-sized tiles
+    (weights are never read). A compiled artifact is accepted too: its graph carries the spike rates
+    measured during calibration (Nord), which then drive the event-driven traffic and energy
+    instead of the stated default activity. Every population and synapse group is split into core-sized tiles
     that satisfy every per-core budget of the profile at the planned weight precision, tiles are
     placed on chips with METIS and packed into cores, and the result is compared with a naive
     sequential fill. Exit code 2 with the failing budget, where and by how much when the model
