@@ -223,6 +223,11 @@ def _run_reference(src: Source, ids: np.ndarray, *, bf16: bool, device: str, pop
     from ns_compile.models.base import GenerationConfig
 
     h = src.handle
+    if h.family == "nord":                           # ns_compile.verify.nord: fixture-named intermediates
+        from ns_compile.verify.nord import reference_trace
+        if bf16:
+            raise UserError("reference-bf16 is not available for Nord (its reference runs in float32 only)")
+        return reference_trace(src, ids, device=device, max_new_tokens=max_new_tokens)
     if h.family != "neuronspark":
         raise UserError(f"per-frame traces of the {h.family} reference are not supported yet")
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -257,6 +262,11 @@ def _run_artifact(stage: str, src: Source, ids: np.ndarray, *, populations, max_
             "artifact": str(src.path), "checksum": src.checksum()}
     if src.manifest:
         meta["manifest"] = {k: v for k, v in src.manifest.items() if isinstance(v, (str, int, float, bool))}
+    if g.family == "nord" and stage != "loihi2":       # ns_compile.verify.nord
+        from ns_compile.verify import nord as NV
+        if stage == "emulator":
+            return NV.emulator_trace(Trace(meta), g, ids, max_new_tokens)
+        return NV.lava_trace(Trace(meta), g, ids, "float" if stage == "lava-sim-float" else "fixed", max_new_tokens)
     if stage == "emulator":
         raw = _emulator_raw(src, ids, max_new_tokens)
     elif stage in ("lava-sim-float", "lava-sim-fixed"):
