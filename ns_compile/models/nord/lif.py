@@ -67,13 +67,16 @@ def make_lif(sd: dict, prefix: str, cfg) -> LIFParams:
 
 
 def lif_run(p: LIFParams, current: torch.Tensor, state: tuple | None = None, stats: dict | None = None,
-            want_v: bool = True):
+            want_v: bool = True, spike_fn=None):
     """Run the LIF over time.
 
     current: (T, *rows, d) input currents. state: optional carried (v, i), each (*rows, d)
     (refractory counters never carry). Returns (spikes, v_trace or None, (v_end, i_end)),
     spikes and v_trace shaped like `current`; spikes are 0/1 in the current's dtype.
     If `stats` is a dict, stats[p.name] receives the firing fraction per timestep.
+    spike_fn: training only. None (inference) is the exact step [v >= theta]; a function of
+    x = v - theta returning the same 0/1 spikes with a surrogate gradient (e.g.
+    `sigmoid_surrogate_spike`) makes the whole run differentiable.
     """
     T = current.shape[0]
     shape = current.shape
@@ -102,7 +105,7 @@ def lif_run(p: LIFParams, current: torch.Tensor, state: tuple | None = None, sta
         i = bs * i + x[t]
         v_new = bm * v + one_minus_bm * i
         v = torch.where(r > 0, v_reset, v_new)
-        s = (v >= theta).to(x.dtype)
+        s = (v >= theta).to(x.dtype) if spike_fn is None else spike_fn(v - theta)
         if N:
             if regular:
                 counts = s.view(N, d // nc, nc).sum(1)
@@ -119,6 +122,27 @@ def lif_run(p: LIFParams, current: torch.Tensor, state: tuple | None = None, sta
     if stats is not None:
         record_stats(stats, p.name, spikes)
     return spikes.reshape(shape), (vs.reshape(shape) if want_v else None), (v.reshape(shape[1:]), i.reshape(shape[1:]))
+
+
+class _SigmoidSurrogateSpike(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        sig = torch.sigmoid(ctx.alpha * x.float())
+        return (grad * (ctx.alpha * sig * (1.0 - sig))).to(x.dtype), None
+
+
+def sigmoid_surrogate_spike(x: torch.Tensor, alpha: float = 4.0) -> torch.Tensor:
+    """Training-mode spike of x = v - theta: forward the exact step [x >= 0] (x >= 0 exactly when
+    v >= theta), backward the sigmoid surrogate alpha * sig(alpha x) * (1 - sig(alpha x)) (upstream
+    Nord's `surrogate_alpha` = 4)."""
+    return _SigmoidSurrogateSpike.apply(x, float(alpha))
 
 
 def record_stats(stats: dict, name: str, spikes: torch.Tensor) -> None:
