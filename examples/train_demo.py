@@ -99,7 +99,7 @@ _LABEL = {"note": "Note:", "warning": "Warning:", "seealso": "See also:", "impor
           "impl-detail": "CPython implementation detail:"}
 _BODY_ONLY = {"code-block", "sourcecode", "code", "doctest", "testcode", "testoutput", "productionlist",
               "parsed-literal", "container", "compound", "epigraph", "centered", "hlist", "glossary",
-              "table", "versionchanged-placeholder"}
+              "table"}
 _ROLE = re.compile(r":[\w:.+-]+:`([^`]*)`")
 _UNDERLINE = re.compile(r"^\s*([=\-*~^\"#+`':.])\1{2,}\s*$")
 _GRID = re.compile(r"^\s*(\+[-=+]+\+|\|.*\|)\s*$")     # grid-table borders and rows
