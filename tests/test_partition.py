@@ -358,3 +358,17 @@ def test_neuronspark_09b_on_hala_point_meets_chip_bound():
     assert j["inter_chip_messages_per_token"] <= j["naive"]["inter_chip_messages_per_token"]
     assert dt < 60
     check_budgets(res)
+
+
+def test_tiny_fixture_compiles_onto_one_chip(tmp_path):
+    """Issue #4: the conformance fixture compiles and its partition fits one Loihi 2 chip."""
+    from conftest import need_fixture
+    ckpt = need_fixture("neuronspark-tiny", "checkpoint")
+    from ns_compile.artifact import Artifact
+    from ns_compile.cli.compile_cmd import compile_checkpoint
+
+    compile_checkpoint(ckpt, tmp_path / "t.nsc", weight_bits=8, include_float=False, hardware="oheo-gulch")
+    part = Artifact(tmp_path / "t.nsc").json("partition.json")
+    assert part["chips_used"] == 1
+    assert 1 <= part["cores_used"] <= 128
+    assert part["chips_lower_bound"] == 1
