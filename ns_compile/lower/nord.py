@@ -19,8 +19,8 @@ Folding: (1 − β_mem) of every lif_nord into the rows of its incoming groups /
 state U is Lava's CUBA u); β_syn·(1 − β_mem)·g·σ(N)/⌊d/nc⌋ into the dense cascade group; γ_attn into
 W_o; 1/K into W_v. Nothing dynamic is folded.
 
-v4.x lowering is not implemented: `lower_nord` raises a UserError for it (inspect / logits /
-generate / plan of v4 go through the reference and the shape-only path does not need this module).
+v4.x lowering is not implemented: `lower_nord` raises a UserError for it, for `compile` and for
+the shape-only graph of `plan` alike (inspect / logits / generate of v4 use the reference model).
 """
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def cascade_matrix(coupling: np.ndarray, gain: np.ndarray, cluster_ids: np.ndarr
 def lower_nord(cfg, sd: dict | None) -> Graph:
     """cfg: NordV3Config; sd: the validated state dict (torch tensors) or None (shape-only graph)."""
     if getattr(cfg, "version", "v3") != "v3":
-        raise UserError("Nord v4 lowering is not supported yet (only Nord v3 compiles); inspect, logits, "
-                        "generate and plan work for v4")
+        what = "compile" if sd is not None else "plan"
+        raise UserError(f"Nord v4 lowering is not supported yet, so `{what}` cannot handle this v4 checkpoint "
+                        "(only Nord v3 lowers); inspect, logits and generate work for v4")
     D, F, L, V, H = cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.vocab_size, cfg.n_heads
     K = cfg.T + cfg.T_slow
     nc = cfg.n_clusters
