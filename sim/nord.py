@@ -234,6 +234,7 @@ class NordEmulator:
             env["X"] = NH.spike_residual(op, so[g.stage(op.meta["stage"]).readout][0], self.fdtype)
         elif k == "nord_layernorm":
             env["drive"] = NH._layernorm(op, env["X"], self.cfg)
+            env["Y:" + name] = env["drive"]
             self._rec_host(name, {"Y": env["drive"]})
             if want:
                 trace.setdefault("host", {})[name] = {"Y": env["drive"].reshape(K, B, S, -1)}
@@ -267,6 +268,57 @@ class NordEmulator:
             env["logits"] = NH.lm_head(op, env["Y"])["logits"]
         elif k == "sample":
             pass
+        elif k.startswith("nord4_"):
+            self._run_host_v4(name, op, env, state, B, S, trace)
+        else:
+            raise ValueError(f"Nord emulator: unknown host op kind {k!r}")
+
+    def _run_host_v4(self, name, op, env, state, B, S, trace):
+        """The Nord v4.2 host ops (docs/fixed_point.md §7.5, ns_compile.sim.nord_host_v4)."""
+        from ns_compile.sim import nord_host_v4 as N4
+        g, K, N, k = self.g, self.K, B * S, op.kind
+        want = trace is not None
+        so = env.get("stage_out")
+        if k == "nord4_payload":
+            env["drive"] = N4.payload(op, env["X"])
+            self._rec_host(name, {"Y": env["drive"]})
+        elif k == "nord4_attention":
+            l = int(op.meta["layer"])
+            X = env["X"]
+            D = X.shape[-1]
+            r = N4.attention(op, X.reshape(K, B, S, D), env["drive"].reshape(K, B, S, D),
+                             so[op.meta["q"]][0].reshape(K, B, S, D), so[op.meta["k"]][0].reshape(K, B, S, D),
+                             state.cache[l], self.cfg, want=want)
+            env["X"] = r["X"].reshape(K, N, D)
+            if self.recorder is not None and not self.int:
+                self._rec_host(name, {"X": env["X"], "VB": state.cache[l]["VB"][:, -S:],
+                                      "QK": torch.cat([state.cache[l]["K"].abs().amax().reshape(1)]),
+                                      "SC": r["_sc"][torch.isfinite(r["_sc"])]})
+            if want:
+                trace.setdefault("host", {})[name] = {kk: r[kk] for kk in ("scores", "attn", "O", "VB", "X")
+                                                      if kk in r}
+                if "scores_pre" in r:
+                    trace["host"][name]["scores_pre"] = r["scores_pre"]
+        elif k == "nord4_moe_gate":
+            r = N4.moe_gate(op, so[g.stage(op.meta["stage"]).readout][0], env["Y:" + op.meta["norm"]])
+            env["drive"] = r["drive"]
+            env["moe:" + name] = (r["idx"], r["W"])
+            self._rec_host(name, {"SC": r["scores"]})
+            if want:
+                trace.setdefault("host", {})[name] = {kk: r[kk].reshape(B, S, -1) for kk in ("idx", "W", "scores")}
+        elif k == "nord4_moe_residual":
+            idx, w = env["moe:" + op.meta["gate"]]
+            env["X"] = N4.moe_residual(op, env["X"], so[g.stage(op.meta["stage"]).readout][0], idx, w)
+            self._rec_host(name, {"X": env["X"]})
+            if want:
+                trace.setdefault("host", {})[name] = {"X": env["X"].reshape(K, B, S, -1)}
+        elif k == "nord4_memory":
+            r = N4.memory_read(op, env["X"], so[op.meta["gate"]][0], so[op.meta["mem"]][1], self.cfg, want=want)
+            env["X"] = r["X"]
+            self._rec_host(name, {"X": env["X"], "U": r["U"], "A": r["A"]})
+            if want:
+                trace.setdefault("host", {})[name] = {"X": env["X"].reshape(K, B, S, -1),
+                                                      "attn": r["attn"].reshape(K, B, S, -1)}
         else:
             raise ValueError(f"Nord emulator: unknown host op kind {k!r}")
 

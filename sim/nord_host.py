@@ -76,12 +76,17 @@ def spike_residual(op, S: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
 
 def ffn_residual(op, X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     dev = X.device
+    relu = bool(op.meta.get("relu"))                   # Nord v4 executive blocks: ReLU instead of LeakyClamp
     if is_int(op):
         X = sat(X + S.to(torch.int64) * _p(op, "GF", dev, torch.int64), 24)
+        if relu:
+            return X.clamp(min=0)
         leaked = torch.maximum((X * _p(op, "LEAK", dev, torch.int64)) >> 16, _p(op, "FL", dev, torch.int64))
         return torch.where(X >= 0, X, leaked)
     dt = X.dtype
     X = X + S.to(dt) * _p(op, "GF", dev, dt)
+    if relu:
+        return torch.relu(X)
     return torch.where(X >= 0, X, torch.maximum(_p(op, "LEAK", dev, dt) * X, _p(op, "FLOOR", dev, dt)))
 
 

@@ -17,5 +17,8 @@ def lower_handle(handle, *, weights: bool = True, dtype=None):
     if handle.family == "nord":
         from ns_compile.lower.nord import lower_nord
         sd = handle._sd if (weights and handle.has_weights) else None
+        if getattr(handle.config, "version", "v3") == "v4":
+            from ns_compile.lower.nord_v4 import lower_nord_v4
+            return lower_nord_v4(handle.config, sd, getattr(handle, "_use_sdpa", None))
         return lower_nord(handle.config, sd)
     raise UserError(f"no lowering for model family {handle.family!r} yet")

@@ -19,8 +19,7 @@ Folding: (1 − β_mem) of every lif_nord into the rows of its incoming groups /
 state U is Lava's CUBA u); β_syn·(1 − β_mem)·g·σ(N)/⌊d/nc⌋ into the dense cascade group; γ_attn into
 W_o; 1/K into W_v. Nothing dynamic is folded.
 
-v4.x lowering is not implemented: `lower_nord` raises a UserError for it, for `compile` and for
-the shape-only graph of `plan` alike (inspect / logits / generate of v4 use the reference model).
+Nord v4.2 lowers through `ns_compile.lower.nord_v4.lower_nord_v4` (dispatched by `lower_handle`).
 """
 from __future__ import annotations
 

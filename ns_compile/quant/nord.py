@@ -24,6 +24,8 @@ import torch
 
 from ns_compile.errors import UserError
 
+V4_INTEGER = False
+
 
 def _rows(ids: torch.Tensor, max_len: int) -> torch.Tensor:
     """A single long calibration sequence [1, T] as equal rows of ≤ max_len positions."""
@@ -42,6 +44,9 @@ def quantize_nord(graph, calib_ids, *, weight_bits: int = 8, percentile: float =
     from ns_compile.sim.nord import NordEmulator
     from ns_compile.sim.nord_host import exp_table
 
+    if graph.config.get("version") == "v4" and not V4_INTEGER:
+        raise UserError("Nord v4 lowering is not supported yet for `compile` (the float IR and `plan` work; the "
+                        "integer v4 host ops are not written)")
     b = weight_bits
     ids = torch.as_tensor(calib_ids, dtype=torch.long)
     if ids.dim() == 1:
