@@ -30,7 +30,7 @@ from ns_compile.ir import Direct, Graph, HostOp, Population, Stage, Synapse
 
 FORMAT = "ns-compile-artifact"
 FORMAT_VERSION = 1
-FIXED_POINT_VERSION = 3          # docs/fixed_point.md (v3)
+FIXED_POINT_VERSION = 5          # docs/fixed_point.md (v5)
 _DATE = (1980, 1, 1, 0, 0, 0)
 
 

@@ -89,7 +89,7 @@ def test_compile_prints_report_and_microcode(tiny_artifact):
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         m = json.loads(z.read("manifest.json"))
     from ns_compile.artifact import FIXED_POINT_VERSION
-    assert m["format_version"] == 1 and m["fixed_point_version"] == FIXED_POINT_VERSION == 3
+    assert m["format_version"] == 1 and m["fixed_point_version"] == FIXED_POINT_VERSION == 5
     assert m["source"]["sha256"] == "a0c19129556011ef750a47b8eb2daa8da7a468098732eca018a6c345e6a0e51c" or \
         len(m["source"]["sha256"]) == 64
     assert m["options"]["weight_bits"] == 8

@@ -29,7 +29,8 @@ def art(tmp_path_factory):
     out = tmp / "nord.nsa"
     r = cli("compile", d / "nord_final.pt", "-o", out, "--calibration", tmp / "calib.json", "--hardware", "loihi2-chip")
     assert r.returncode == 0, r.stderr
-    assert "lif_nord" in r.stdout and "spike rates" in r.stdout and "fixed-point v3" in r.stdout
+    from ns_compile.artifact import FIXED_POINT_VERSION
+    assert "lif_nord" in r.stdout and "spike rates" in r.stdout and f"fixed-point v{FIXED_POINT_VERSION}" in r.stdout
     return d, tmp, out, inp
 
 

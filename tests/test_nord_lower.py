@@ -1,5 +1,5 @@
 """Nord v3 lowering: the float IR reproduces the reference (fixture logits and spikes), shape-only
-graphs, v4 refusal, and the quantized emulator (incremental == full, 8-bit top-1 logged)."""
+graphs, and the quantized emulator (incremental == full, 8-bit top-1 logged)."""
 from __future__ import annotations
 
 import json
@@ -83,11 +83,13 @@ def test_shape_only_and_plan_default_activity(tmp_path, v3):
     assert all(p["activity"] == 0.1 for p in res["populations"])          # the stated assumption
 
 
-def test_v4_compile_is_a_clear_user_error(tmp_path):
+def test_v3_lowering_refuses_a_v4_config():
     d = need_fixture("nord", "v42")
-    r = cli("compile", d / "nord_v4_final.pt", "-o", tmp_path / "a.nsa")
-    assert r.returncode == 2 and "v4 lowering is not supported yet" in r.stderr
-    assert not (tmp_path / "a.nsa").exists()
+    from ns_compile.errors import UserError
+    from ns_compile.lower.nord import lower_nord
+    from ns_compile.models import load_model
+    with pytest.raises(UserError, match="lower_nord_v4|v4"):
+        lower_nord(load_model(d / "nord_v4_final.pt").config, None)
 
 
 def test_quantized_incremental_equals_full_and_top1(v3):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import need_fixture
+from conftest import need_fixture, need_lava
 
 
 def cli(*args):
@@ -93,3 +93,82 @@ def test_graph_structure_and_plan(v42):
     r = cli("plan", d / "nord_v4_final.pt", "--hardware", "loihi2-chip", "--json")
     assert r.returncode == 0, r.stderr
     assert {p["population"] for p in json.loads(r.stdout)["populations"]} == set(g.populations)
+
+
+# ---- integer path: compile, emulator, Lava fixed (both granularities), CLI -----------------------------
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory, v42):
+    d, _h, inp = v42
+    tmp = tmp_path_factory.mktemp("nord4")
+    (tmp / "calib.json").write_text(json.dumps(inp["inputs"]["main"]))
+    (tmp / "prompt.json").write_text(json.dumps(inp["inputs"]["prompt"][:3]))
+    (tmp / "ids.json").write_text(json.dumps([inp["inputs"]["main"][0][:5]]))
+    out = tmp / "nord4.nsa"
+    r = cli("compile", d / "nord_v4_final.pt", "-o", out, "--calibration", tmp / "calib.json",
+            "--hardware", "loihi2-chip")
+    assert r.returncode == 0, r.stderr
+    assert "lif_nord" in r.stdout and "memory_cortex.gate_lif" in r.stdout
+    return d, tmp, out, inp
+
+
+def test_quantized_incremental_equals_full_and_top1(art):
+    from ns_compile.artifact import load_artifact
+    from ns_compile.sim import Emulator
+    d, _tmp, out, inp = art
+    g, _ = load_artifact(out)
+    assert g.config["version"] == "v4" and set(g.meta["activity"]) == set(g.populations)
+    ids = torch.tensor(inp["inputs"]["main"])
+    emu = Emulator(g)
+    full = emu.forward(ids)
+    st = emu.new_state(2)
+    inc = torch.stack([emu.step(ids[:, t], st)[0] for t in range(ids.shape[1])], 1)
+    assert torch.equal(full, inc.float())
+    ref = np.load(d / "main_sdpa" / "logits.npy")
+    top1 = float((full.numpy().argmax(-1) == ref.argmax(-1)).mean())
+    print(f"8-bit Nord v4.2 fixture (main_sdpa): top-1 agreement with fp32 = {top1:.3f}")
+    assert top1 >= 0.5
+
+
+@pytest.mark.parametrize("granularity", ["fused", "population"])
+def test_lava_fixed_bit_exact_vs_emulator(art, granularity):
+    need_lava()
+    from ns_compile.artifact import load_artifact
+    from ns_compile.backends.lava import run_artifact
+    from ns_compile.sim import Emulator
+    _d, _tmp, out, inp = art
+    g, _ = load_artifact(out)
+    prompt = inp["inputs"]["prompt"][:3]
+    emu = Emulator(g)
+    new = emu.generate(prompt, 2)
+    tr = {}
+    lg = emu.forward(torch.tensor([prompt + new[:-1]]), trace=tr)
+    res = run_artifact(g, prompt, mode="fixed", granularity=granularity, max_new_tokens=2, trace=True, timeout_s=400)
+    assert res["ids"] == new
+    assert np.array_equal(res["logits"], lg[0].numpy())
+    checked = 0
+    for n, tok in enumerate(res["trace"]):
+        for st, pops in tok.items():
+            for p, f in pops.items():
+                assert np.array_equal(f["V"], tr[st][p]["V"][:, 0, n].numpy()), (n, st, p)
+                assert np.array_equal(f["P"], tr[st][p]["P"][:, 0, n].numpy()), (n, st, p)
+                checked += 1
+    assert checked == len(res["trace"]) * len(g.populations)
+
+
+def test_run_lava_sim_compare_and_plan_cli(art):
+    need_lava()
+    d, tmp, out, _ = art
+    r = cli("run", out, "--backend", "lava-sim", "--prompt-ids", tmp / "prompt.json", "--max-new-tokens", "2", "--json")
+    r2 = cli("run", out, "--prompt-ids", tmp / "prompt.json", "--max-new-tokens", "2", "--json")
+    assert r.returncode == 0 and r2.returncode == 0, r.stderr + r2.stderr
+    assert json.loads(r.stdout)["ids"] == json.loads(r2.stdout)["ids"]
+    r = cli("compare", out, "--reference", d / "nord_v4_final.pt", "--stages", "emulator,lava-sim-fixed",
+            "--input-ids", tmp / "ids.json", "--json", "--require-bit-exact")
+    assert r.returncode == 0, r.stderr
+    by = {(x["a"], x["b"]): x for x in json.loads(r.stdout)["pairs"]}
+    assert by[("emulator", "lava-sim-fixed")]["bit_exact"]
+    assert 0.0 < by[("reference", "emulator")]["top1_agreement"] <= 1.0
+    r = cli("plan", out, "--hardware", "loihi2-chip", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "measured" in json.loads(r.stdout)["assumptions"][0]

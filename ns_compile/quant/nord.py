@@ -24,7 +24,7 @@ import torch
 
 from ns_compile.errors import UserError
 
-V4_INTEGER = False
+V4_INTEGER = True
 
 
 def _rows(ids: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -110,6 +110,8 @@ def quantize_nord(graph, calib_ids, *, weight_bits: int = 8, percentile: float =
             fY[name] = frac_for(rec.max(f"host:{name}.Y"), 16)
         elif op.kind == "nord_readout":
             fY[name] = frac_for(rec.max(f"host:{name}.Y"), 16)
+        elif op.kind == "nord4_payload":
+            fY[name] = frac_for(rec.max(f"host:{name}.Y"), 16)
 
     def ln_fmt(P, f_in):
         fG = frac_for(float(np.abs(P["G"]).max()), HOST_BITS)
@@ -155,6 +157,12 @@ def quantize_nord(graph, calib_ids, *, weight_bits: int = 8, percentile: float =
             no.fmt = {"f_X": fX, "f_Y": fY[op.meta["norm"]], "f_WV": fWV, "f_VB": fVB, "f_WO": fWO}
             ent.update({"WV": _weight_error(P["WV"], WV, fWV, HOST_BITS), "WO": _weight_error(P["WO"], WO, fWO, HOST_BITS),
                         "VB": _act(rec, f"host:{name}.VB", fVB, 24), "X": _act(rec, f"host:{name}.X", fX, 24)})
+        elif k == "nord_ffn_residual" and op.meta.get("relu"):        # v4 executive: ReLU, no clamp params
+            no.params = {"GF": sat_np(q(P["GF"], fX), 24)}
+            no.fmt = {"f_X": fX}
+            ent["X"] = _act(rec, f"host:{name}.X", fX, 24)
+        elif k.startswith("nord4_"):                                     # docs/fixed_point.md §7.5
+            no.params, no.fmt = _quant_v4(op, P, rec, fX, fY, fmts, ent, K, D)
         elif k == "nord_ffn_residual":
             no.params = {"GF": sat_np(q(P["GF"], fX), 24), "LEAK": np.clip(q(P["LEAK"], 16), 0, 65536),
                          "FL": sat_np(q(P["FLOOR"], fX), 24)}
@@ -224,6 +232,58 @@ def quantize_nord(graph, calib_ids, *, weight_bits: int = 8, percentile: float =
     qg.validate()
     report["layers"] = _per_layer(report)
     return qg, report
+
+
+F_TM, F_T, F_SC_ATT, F_SC_MOE, F_SC_MEM = 14, 14, 16, 24, 16
+
+
+def _quant_v4(op, P, rec, fX, fY, fmts, ent, K, D):
+    """Params + fmt of the Nord v4.2 host ops (docs/fixed_point.md §7.5)."""
+    from ns_compile.lower.nord import ln_frac_r, ln_shift
+    from ns_compile.quant import HOST_BITS, STATE_MARGIN, _act, _weight_error, frac_for, q, qm, sat_np
+    from ns_compile.sim.nord_host_v4 import exp_lut
+    name, k = op.name, op.kind
+    if k == "nord4_payload":
+        return {}, {"f_X": fX, "f_Y": fY[name]}
+    if k == "nord4_attention":
+        fWV = frac_for(float(np.abs(P["WV"]).max()), HOST_BITS)
+        fWO = frac_for(float(np.abs(P["WO"]).max()), HOST_BITS)
+        fVB = frac_for(rec.max(f"host:{name}.VB") * STATE_MARGIN, 24)
+        fTE = frac_for(abs(float(P["TEMP"][0])), HOST_BITS)
+        WV, WO = qm(P["WV"], fWV, HOST_BITS), qm(P["WO"], fWO, HOST_BITS)
+        par = {"WV": WV, "WO": WO, "WQ": q(P["WQ"], F_TM), "WK": q(P["WK"], F_TM), "COS": q(P["COS"], F_T),
+               "SIN": q(P["SIN"], F_T), "TEMP": qm(P["TEMP"], fTE, HOST_BITS), "EXPL": exp_lut()}
+        ent.update({"WV": _weight_error(P["WV"], WV, fWV, HOST_BITS), "WO": _weight_error(P["WO"], WO, fWO, HOST_BITS),
+                    "VB": _act(rec, f"host:{name}.VB", fVB, 24), "X": _act(rec, f"host:{name}.X", fX, 24)})
+        return par, {"f_X": fX, "f_Y": fY[op.meta["norm"]], "f_WV": fWV, "f_VB": fVB, "f_WO": fWO, "f_TM": F_TM,
+                     "f_T": F_T, "f_TEMP": fTE, "f_SC": F_SC_ATT}
+    if k == "nord4_moe_gate":
+        par = {"EXPERT": np.asarray(P["EXPERT"], dtype=np.int64), "A": q(P["A"], F_SC_MOE),
+               "BIAS": q(P["BIAS"], F_SC_MOE), "EXPL": exp_lut()}
+        return par, {"f_SC": F_SC_MOE, "f_Y": fY[op.meta["norm"]]}
+    if k == "nord4_moe_residual":
+        fGF = frac_for(float(np.abs(P["GF"]).max()), HOST_BITS)
+        ent["X"] = _act(rec, f"host:{name}.X", fX, 24)
+        return ({"GF": qm(P["GF"], fGF, HOST_BITS), "LEAK": np.clip(q(P["LEAK"], 16), 0, 65536),
+                 "FL": sat_np(q(P["FLOOR"], fX), 24)}, {"f_X": fX, "f_GF": fGF})
+    if k == "nord4_memory":
+        fV = fmts[op.meta["mem"]]["V"]
+        fWA = frac_for(float(np.abs(P["WA"]).max()), HOST_BITS)
+        fWF = frac_for(float(np.abs(P["WF"]).max()), HOST_BITS)
+        fG = frac_for(float(np.abs(P["G"]).max()), HOST_BITS)
+        fU = frac_for(rec.max(f"host:{name}.U") * STATE_MARGIN, 24)
+        Mm = int(np.asarray(P["WF"]).shape[0])
+        if ln_frac_r(Mm, fU) + fU - ln_shift(Mm) < 16:
+            raise ValueError(f"{name}: LayerNorm input frac {fU} too small for the integer rule")
+        Kf = K
+        c = np.arange(Kf + 1, dtype=np.float64)
+        gate = 1.0 / (1.0 + np.exp(-10.0 * (c / Kf - float(P["GTH"][0]))))
+        par = {"WA": qm(P["WA"], fWA, HOST_BITS), "GATE": np.clip(q(gate, 16), 0, 65536),
+               "WF": qm(P["WF"], fWF, HOST_BITS), "G": qm(P["G"], fG, HOST_BITS), "BY": sat_np(q(P["BY"], fX), 24),
+               "EXPL": exp_lut()}
+        ent.update({"U": _act(rec, f"host:{name}.U", fU, 24), "X": _act(rec, f"host:{name}.X", fX, 24)})
+        return par, {"f_X": fX, "f_V": fV, "f_WA": fWA, "f_SC": F_SC_MEM, "f_WF": fWF, "f_U": fU, "f_G": fG}
+    raise ValueError(f"unknown Nord v4 host op kind {k!r}")
 
 
 def _layer(name: str) -> str:

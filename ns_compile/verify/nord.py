@@ -34,9 +34,10 @@ def reference_trace(src, ids: np.ndarray, *, device: str, max_new_tokens: int) -
     h = src.handle
     cfg = h.config
     if h.version != "v3":
-        from ns_compile.errors import UserError
-        raise UserError("per-frame compare of Nord v4 is not supported yet (v4 lowering is not implemented)")
-    shape = lower_nord(cfg, None)
+        from ns_compile.lower.nord_v4 import lower_nord_v4
+        shape = lower_nord_v4(cfg, None, getattr(h, "_use_sdpa", None))
+    else:
+        shape = lower_nord(cfg, None)
     logits, tr = h.trace(torch.as_tensor(ids), device=device)
     K = cfg.T + cfg.T_slow
     meta = {"family": "nord", "config": dict(shape.config), "frames": K, "checkpoint": str(src.path),
@@ -49,15 +50,21 @@ def reference_trace(src, ids: np.ndarray, *, device: str, max_new_tokens: int) -
         S = _frames(s).astype(np.uint8)
         v = tr.get(name + ".v")
         t.add(name, "lif_nord", spikes=S, out=S.astype(np.float64), v=None if v is None else _frames(v))
-    for l in range(cfg.n_layers):
-        x = tr.get(f"blocks.{l}.out")
+    for l in range(int(shape.config["n_layers"])):
+        x = tr.get(_block_key(shape, l))
         if x is not None:
-            t.add(f"blocks.{l}.out", "host", out=_frames(x))
+            t.add(_block_key(shape, l), "host", out=_frames(x))
     if max_new_tokens > 0:
         toks = h.generate(ids[0].tolist(), GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0),
                           device=device)
         t.meta["greedy"] = {"prompt_row": 0, "max_new_tokens": max_new_tokens, "tokens": [int(x) for x in toks]}
     return t
+
+
+def _block_key(graph, l: int) -> str:
+    """Trace key of block l's output: `blocks.{l}.out` (v3), `{zone}_blocks.{i}.out` (v4)."""
+    blocks = graph.config.get("blocks")
+    return f"{blocks[l]}.out" if blocks else f"blocks.{l}.out"
 
 
 def _residual_frac(graph) -> int | None:
@@ -109,8 +116,8 @@ def emulator_trace(trace: Trace, graph, ids: np.ndarray, max_new_tokens: int) ->
             pops[name] = {"V": _frames(f["V"]), "S": _frames(f["P"])}
     res = {}
     for op in graph.host_ops.values():
-        if op.kind == "nord_ffn_residual":
-            res[f"blocks.{op.meta['layer']}.out"] = _frames(tr["host"][op.name]["X"])
+        if op.kind in ("nord_ffn_residual", "nord4_moe_residual"):
+            res[_block_key(graph, int(op.meta["layer"]))] = _frames(tr["host"][op.name]["X"])
     _fill(trace, graph, pops, res, graph.quantized)
     sat = {p: {k: v for k, v in c.items() if not k.endswith("_values")} for p, c in emu.counters.items()}
     for name, c in sat.items():
@@ -124,7 +131,10 @@ def emulator_trace(trace: Trace, graph, ids: np.ndarray, max_new_tokens: int) ->
     return trace
 
 
-def lava_trace(trace: Trace, graph, ids: np.ndarray, mode: str, max_new_tokens: int, backend: str = "lava-sim"):
+def lava_trace(trace: Trace, graph, ids: np.ndarray, mode: str, max_new_tokens: int, backend: str = "lava-sim",
+               granularity: str = "fused", keep_generated: bool = False):
+    """Lava run per row, teacher-forced over the ids (row 0 also generates); the trace is cut to the
+    ids unless `keep_generated` (batch 1: every token the run processed, generated ones included)."""
     from ns_compile.backends.lava import run_artifact
     B, T = ids.shape
     per: dict = {}
@@ -132,14 +142,15 @@ def lava_trace(trace: Trace, graph, ids: np.ndarray, mode: str, max_new_tokens: 
     for r in range(B):
         n_new = max_new_tokens if r == 0 else 0
         res = run_artifact(graph, ids[r].tolist(), mode=mode, max_new_tokens=n_new, temperature=0.0, trace=True,
-                           backend=backend)
+                           backend=backend, granularity=granularity)
         if r == 0 and n_new:
             greedy = list(res["ids"])
-        logits.append(np.asarray(res["logits"])[:T])
+        keep = len(res["trace"]) if keep_generated and B == 1 else T
+        logits.append(np.asarray(res["logits"])[:keep])
         for name in graph.populations:
             st = graph.populations[name].stage
-            V = np.stack([tok[st][name]["V"] for tok in res["trace"][:T]])          # [T, K, n]
-            S = np.stack([tok[st][name]["P"] for tok in res["trace"][:T]])
+            V = np.stack([tok[st][name]["V"] for tok in res["trace"][:keep]])          # [T, K, n]
+            S = np.stack([tok[st][name]["P"] for tok in res["trace"][:keep]])
             slot = per.setdefault(name, {"V": [], "S": []})
             slot["V"].append(V)
             slot["S"].append(S)
