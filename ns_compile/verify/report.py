@@ -312,8 +312,11 @@ def choose_population(results: list[dict], traces: list[Trace], requested: str |
 
 def write_html(out_dir: str | os.PathLike, results: list[dict], traces: list[Trace], *, population: str | None = None,
                bits_sweep: list[dict] | None = None, title: str = "ns-compile comparison", meta: dict | None = None,
-               tolerance_failures: list[str] | None = None) -> Path:
-    """Write `out_dir/index.html` and its PNGs atomically (the whole folder appears at once)."""
+               tolerance_failures: list[str] | None = None, extra=None) -> Path:
+    """Write `out_dir/index.html` and its PNGs atomically (the whole folder appears at once).
+
+    `extra(folder) -> str`, when given, is called with the folder being written: it may add files
+    there (referenced by relative names) and returns HTML placed right after the summary."""
     from ns_compile.atomic import atomic_path
 
     out_dir = Path(out_dir)
@@ -332,6 +335,8 @@ def write_html(out_dir: str | os.PathLike, results: list[dict], traces: list[Tra
                 parts.append("<p class=\"ok\">all requested tolerances met</p>")
         parts.append("<h2>Summary</h2>")
         parts.append(_summary_table(results))
+        if extra is not None:
+            parts.append(extra(tmp))
         pop = choose_population(results, traces, population)
         if pop:
             parts.append(f"<h2>Population <code>{_e(pop)}</code></h2>")

@@ -158,12 +158,19 @@ def read_ids_file(path, vocab_size: int | None) -> list[list[int]]:
 
 def run_stage(stage: str, src: Source, ids: Sequence[Sequence[int]], *, device: str = "cpu",
               populations: list[str] | None = None, max_new_tokens: int = 0,
-              input_source: str = "input ids") -> Trace:
-    """Run `stage` on ids [B][T] and return its trace (entries filtered by the glob `populations`)."""
+              input_source: str = "input ids", granularity: str = "fused", trace_generated: bool = False) -> Trace:
+    """Run `stage` on ids [B][T] and return its trace (entries filtered by the glob `populations`).
+
+    Lava stages: `granularity` is run_artifact's ("fused" | "population"). With
+    `trace_generated=True` (Lava stages, batch 1, max_new_tokens > 0) the trace covers the whole
+    generation run — the prompt and every generated token fed back (prompt + greedy[:-1]) — and
+    its input ids are those tokens, so that another stage run on them compares state for state."""
     check_stage(stage)
     ids_arr = np.asarray(ids, dtype=np.int64)
     if ids_arr.ndim != 2 or ids_arr.size == 0:
         raise UserError("input ids must be a non-empty [batch][length] list")
+    if trace_generated and (stage not in ("lava-sim-float", "lava-sim-fixed", "loihi2") or ids_arr.shape[0] != 1):
+        raise UserError("trace_generated needs a Lava stage and a single prompt row")
     if stage in REFERENCE_STAGES:
         if src.handle is None:
             raise UserError(f"stage {stage} needs a checkpoint (--reference CHECKPOINT)", src.path)
@@ -173,7 +180,11 @@ def run_stage(stage: str, src: Source, ids: Sequence[Sequence[int]], *, device: 
         if not src.is_artifact:
             raise UserError(f"stage {stage} runs a compiled artifact, not a checkpoint (ns-compile compile CKPT -o ART)",
                             src.path)
-        trace = _run_artifact(stage, src, ids_arr, populations=populations, max_new_tokens=max_new_tokens)
+        trace = _run_artifact(stage, src, ids_arr, populations=populations, max_new_tokens=max_new_tokens,
+                              granularity=granularity, trace_generated=trace_generated)
+        if trace_generated and max_new_tokens > 0:
+            gen = [int(t) for t in trace.meta["greedy"]["tokens"]]
+            ids_arr = np.asarray([ids_arr[0].tolist() + gen[:-1]], dtype=np.int64)
     trace.meta.setdefault("input_source", input_source)
     trace.meta["stage"] = stage
     trace.meta.setdefault("integer", stage in INTEGER_STAGES)
@@ -255,7 +266,8 @@ def lava_loihi_available() -> bool:
         return False
 
 
-def _run_artifact(stage: str, src: Source, ids: np.ndarray, *, populations, max_new_tokens: int) -> Trace:
+def _run_artifact(stage: str, src: Source, ids: np.ndarray, *, populations, max_new_tokens: int,
+                  granularity: str = "fused", trace_generated: bool = False) -> Trace:
     g = src.graph
     meta = {"family": g.family, "config": dict(g.config), "frames": int(g.meta.get("frames") or
                                                                        (g.stages[0].frames if g.stages else 1)),
@@ -266,16 +278,19 @@ def _run_artifact(stage: str, src: Source, ids: np.ndarray, *, populations, max_
         from ns_compile.verify import nord as NV
         if stage == "emulator":
             return NV.emulator_trace(Trace(meta), g, ids, max_new_tokens)
-        return NV.lava_trace(Trace(meta), g, ids, "float" if stage == "lava-sim-float" else "fixed", max_new_tokens)
+        return NV.lava_trace(Trace(meta), g, ids, "float" if stage == "lava-sim-float" else "fixed", max_new_tokens,
+                             granularity=granularity, keep_generated=trace_generated)
     if stage == "emulator":
         raw = _emulator_raw(src, ids, max_new_tokens)
     elif stage in ("lava-sim-float", "lava-sim-fixed"):
-        raw = _lava_raw(src, ids, "float" if stage == "lava-sim-float" else "fixed", max_new_tokens)
+        raw = _lava_raw(src, ids, "float" if stage == "lava-sim-float" else "fixed", max_new_tokens,
+                        granularity=granularity, keep_generated=trace_generated)
     else:  # loihi2
         if not lava_loihi_available():
             raise UserError("stage loihi2 needs lava-loihi (Intel's INRC package) and a Loihi 2 system; "
                             "it is not installed here — use lava-sim-fixed, which is bit-exact to the chip model")
-        raw = _lava_raw(src, ids, "fixed", max_new_tokens, backend="loihi2")
+        raw = _lava_raw(src, ids, "fixed", max_new_tokens, backend="loihi2", granularity=granularity,
+                        keep_generated=trace_generated)
     trace = Trace(meta)
     integer = bool(raw.get("integer", stage != "lava-sim-float")) and bool(getattr(g, "quantized", True))
     fill_from_integer_run(trace, g, raw, integer=integer)
@@ -292,9 +307,11 @@ def _emulator_raw(src: Source, ids: np.ndarray, max_new_tokens: int = 0) -> dict
     return run_emulator(src.graph, ids, max_new_tokens=max_new_tokens)
 
 
-def _lava_raw(src: Source, ids: np.ndarray, mode: str, max_new_tokens: int = 0, backend: str = "lava-sim") -> dict:
+def _lava_raw(src: Source, ids: np.ndarray, mode: str, max_new_tokens: int = 0, backend: str = "lava-sim",
+              granularity: str = "fused", keep_generated: bool = False) -> dict:
     """One Lava run per row (the backend runs batch 1): teacher-forced over the row's ids; row 0
-    also generates `max_new_tokens` greedily in the same run (its trace is cut to the ids)."""
+    also generates `max_new_tokens` greedily in the same run (its trace is cut to the ids unless
+    `keep_generated`, batch 1: then it covers every token the run processed)."""
     try:
         from ns_compile.backends.lava import run_artifact
     except ImportError as e:
@@ -306,12 +323,13 @@ def _lava_raw(src: Source, ids: np.ndarray, mode: str, max_new_tokens: int = 0, 
     for r in range(B):
         n_new = max_new_tokens if r == 0 else 0
         res = run_artifact(src.graph, ids[r].tolist(), mode=mode, max_new_tokens=n_new, temperature=0.0,
-                           trace=True, backend=backend)
+                           trace=True, backend=backend, granularity=granularity)
         if r == 0 and n_new:
             greedy = list(res["ids"])
-        logits.append(np.asarray(res["logits"])[:T])
+        keep = len(res["trace"]) if keep_generated and B == 1 else T
+        logits.append(np.asarray(res["logits"])[:keep])
         rows: dict[str, dict[str, list]] = {}
-        for tok in res["trace"][:T]:
+        for tok in res["trace"][:keep]:
             for _stage, pops in tok.items():
                 for name, fields in pops.items():
                     slot = rows.setdefault(name, {})
