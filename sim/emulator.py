@@ -68,6 +68,14 @@ class Emulator:
                 self._w[s.name] = torch.as_tensor(np.asarray(s.weight)).to(self.device, dtype)
         # small graphs run faster single-threaded (intra-op threads only add overhead there)
         self.small = max([s.fan_in * s.fan_out for s in graph.synapses.values()] + [0]) < (1 << 20)
+        # docs/fixed_point.md §2.1: per-neuron port shifts RS_<port> (quantized NeuronSpark graphs)
+        self._rs = {}
+        if self.int:
+            for p in graph.populations.values():
+                rs = {k[3:]: torch.as_tensor(np.asarray(v, dtype=np.int64).reshape(-1)).to(self.device)
+                      for k, v in p.params.items() if k.startswith("RS_")}
+                if rs:
+                    self._rs[p.name] = rs
         luts = graph.meta.get("luts", {})
         self._lut = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)).to(self.device) for k, v in luts.items()}
         self.reset_stats()
@@ -277,9 +285,15 @@ class Emulator:
             ports: dict[str, torch.Tensor] = {}
             if name in st.drive_targets:
                 ports["I"] = drive.unsqueeze(0).expand(K, *drive.shape)
+            syn: dict[str, torch.Tensor] = {}
             for s in self._inputs[name]:
                 a = self._synapse(s, pay[s.src])
-                ports[s.dst_port] = a if s.dst_port not in ports else ports[s.dst_port] + a
+                syn[s.dst_port] = a if s.dst_port not in syn else syn[s.dst_port] + a
+            for port, a in syn.items():        # §2.1: the port sum >> RS, before the drive and sat_24
+                r = self._rs.get(name, {}).get(port)
+                if r is not None:
+                    a = a >> r
+                ports[port] = a if port not in ports else ports[port] + a
             for d in self._directs[name]:
                 ports[d.dst_port] = pay[d.src]
             Vs = None

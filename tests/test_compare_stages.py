@@ -127,6 +127,8 @@ def test_one_weight_step_is_caught(tiny_art, capsys, tmp_path):
     # accumulator's rounding cannot hide it, i.e. |S_j|·2^(9−b) ≥ 2^d; nothing can change while S_j = 0
     f = syn.fmt
     dshift = f["f_W"] + f["f_S"] + 9 - f["bits"] - f["f_A"]
+    # §2.1: the receiving neuron floor-shifts row i by its RS entry too
+    dshift += int(np.asarray(g.populations[syn.dst].params.get("RS_" + syn.dst_port, np.zeros(i + 1)))[i])
     col = S[fd["row"], :, :, j].reshape(-1)
     first_nonzero = int(np.argmax(col != 0))
     sure = np.abs(col).astype(np.int64) * (1 << (9 - f["bits"])) >= (1 << max(dshift, 0))

@@ -93,6 +93,7 @@ def test_compile_prints_report_and_microcode(tiny_artifact):
     assert m["source"]["sha256"] == "a0c19129556011ef750a47b8eb2daa8da7a468098732eca018a6c345e6a0e51c" or \
         len(m["source"]["sha256"]) == 64
     assert m["options"]["weight_bits"] == 8
+    assert m["options"]["per_channel"] is True                 # the default (docs/fixed_point.md §2.1)
 
 
 def test_onnx_view(tiny_artifact):

@@ -127,8 +127,9 @@ def ref_run_float(kind, n, params, inputs):
 
 
 # ---- Lava harness ------------------------------------------------------------------------------
-def _lava_run(kind, n, params, fmt, inputs, luts, fixed, early=None):
-    """One neuron Process fed by one Injector per port; returns [T] traces (V?, out)."""
+def _lava_run(kind, n, params, fmt, inputs, luts, fixed, early=None, rshift=None):
+    """One neuron Process fed by one Injector per port; returns [T] traces (V?, out).
+    rshift: {port: r} per-neuron port shifts (docs/fixed_point.md §2.1)."""
     def fn():
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
@@ -155,7 +156,8 @@ def _lava_run(kind, n, params, fmt, inputs, luts, fixed, early=None):
             width = n
         else:
             proc = NEURON_PROCESSES[kind](shape=(n,), params=params, fmt=fmt, luts=luts, period=PERIOD,
-                                          offset=OFFSET, frames=FRAMES, early=early or {})
+                                          offset=OFFSET, frames=FRAMES, early=early or {},
+                                          **({"rshift": rshift} if rshift else {}))
             mm[proc] = M.POP_MODELS[(kind, fixed)]
             ports = {p: getattr(proc, p + ("_e" if (early or {}).get(p) else "")) for p in inputs}
             tr = proc.trace

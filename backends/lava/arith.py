@@ -72,6 +72,17 @@ def synapse_fixed(m, s, bits: int, weight_exp: int, acc_float_ok: bool = True):
     return w << weight_exp if weight_exp >= 0 else w >> (-weight_exp)
 
 
+def port_row_shift(x, r):
+    """§2.1: the exact port sum of a port's synapse groups, floor-shifted by the neuron's per-row
+    RS vector (r_i >= 0), before the drive and the port's sat_24."""
+    return np.asarray(x, dtype=I64) >> np.asarray(r, dtype=I64)
+
+
+def row_shifts(params) -> dict:
+    """{port: r} from a population's params (keys RS_<port>, docs/fixed_point.md §2.1)."""
+    return {k[3:]: np.asarray(v, dtype=I64).reshape(-1) for k, v in (params or {}).items() if k.startswith("RS_")}
+
+
 # -- §3 neuron updates (fixed) ----------------------------------------------------------------
 # `ports` values are the exact (int64) port sums; each update applies sat_24 to every synapse-fed
 # port before use (§2: the receiving neuron saturates the sum of everything arriving at a port).

@@ -148,7 +148,8 @@ def build_stage_population_view(proc) -> dict:
         else:
             c = NEURON_PROCESSES[p.kind](shape=(p.size,), params=p.params, fmt=p.fmt, luts=spec.luts,
                                          period=spec.period, offset=spec.offset + p.depth, frames=spec.frames,
-                                         early=p.early, drive=p.drive_index is not None, name=f"{spec.name}:{p.name}")
+                                         early=p.early, drive=p.drive_index is not None, name=f"{spec.name}:{p.name}",
+                                         rshift=arith.row_shifts(p.params) if fixed else {})   # §2.1
             mm[c] = M.POP_MODELS[(p.kind, fixed)]
         children[cname] = c
         byname[p.name] = c

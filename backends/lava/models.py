@@ -55,6 +55,8 @@ class _PopModel(PyLoihiProcessModel):
         self._luts = pp["luts"]
         self._has_drive = bool(pp["drive"])
         self._dtype = I64 if self.FIXED else np.float64
+        # §2.1 per-neuron port shifts (fixed only): applied to the port's synapse sum
+        self._rs = {p: np.asarray(r, dtype=I64) for p, r in (pp.get("rshift") or {}).items()} if self.FIXED else {}
         # delay buffers of the early twin ports: d arrays each, oldest first
         self._fifo = {p: [np.zeros(self._n, self._dtype) for _ in range(int(d))]
                       for p, d in (pp["early"] or {}).items() if int(d) > 0}
@@ -83,6 +85,8 @@ class _PopModel(PyLoihiProcessModel):
             if fifo is not None:
                 fifo.append(xe)
                 x = x + fifo.pop(0)
+            if p in self._rs:
+                x = arith.port_row_shift(x, self._rs[p])
             ports[p] = x
         if self._has_drive:
             ports["I"] = ports["I"] + np.asarray(self.drive.recv(), dtype=self._dtype)
@@ -180,6 +184,7 @@ class _FusedStageModel(PyLoihiProcessModel):
         self._dtype = dt
         self._V = {p.name: np.zeros(p.size, dt) for p in spec.pops if arith.STATEFUL[p.kind]}
         self._in = {p.name: [s for s in spec.synapses if s.dst == p.name] for p in spec.pops}
+        self._rs = {p.name: arith.row_shifts(p.params) for p in spec.pops} if self.FIXED else {}
         self._dir = {p.name: [d for d in spec.directs if d[1] == p.name] for p in spec.pops}
 
     def _syn(self, s, x):
@@ -198,6 +203,8 @@ class _FusedStageModel(PyLoihiProcessModel):
                 ports = {q: np.zeros(p.size, dt) for q in p.ports}
                 for s in self._in[p.name]:
                     ports[s.port] = ports[s.port] + self._syn(s, pay[s.src])
+                for port, r in self._rs.get(p.name, {}).items():     # §2.1, before the drive
+                    ports[port] = arith.port_row_shift(ports[port], r)
                 for src, _, port in self._dir[p.name]:
                     ports[port] = ports[port] + pay[src]
                 if p.drive_index is not None:

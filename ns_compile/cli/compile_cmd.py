@@ -125,7 +125,8 @@ def run_partitioner(graph, hardware: str):
 
 
 def compile_checkpoint(checkpoint, output, *, weight_bits: int = 8, calibration: str | None = None,
-                       hardware: str | None = None, include_float: bool = True, echo=None):
+                       hardware: str | None = None, include_float: bool = True, echo=None,
+                       per_channel: bool = True):
     """Library entry of `compile`: returns (manifest, report, quantized graph)."""
     from ns_compile.artifact import graph_to_onnx, sha256_file, write_artifact
     from ns_compile.lower import lower_handle
@@ -140,9 +141,12 @@ def compile_checkpoint(checkpoint, output, *, weight_bits: int = 8, calibration:
     fgraph = lower_handle(handle)
     big = fgraph.synapse_count() > 50_000_000
     import torch
-    qgraph, report = quantize(fgraph, ids, weight_bits=weight_bits, dtype=torch.float32 if big else torch.float64)
+    qgraph, report = quantize(fgraph, ids, weight_bits=weight_bits, dtype=torch.float32 if big else torch.float64,
+                              per_channel=per_channel)
     partition = run_partitioner(qgraph, hardware) if hardware else None
     options = {"weight_bits": weight_bits, "hardware": hardware, **cal_src}
+    if fgraph.family != "nord":                # docs/fixed_point.md §2.1 (NeuronSpark neuron types)
+        options["per_channel"] = bool(per_channel)
     # the checkpoint's path relative to the artifact, so `compare ART` finds its reference
     # (relative keeps the bytes independent of where the pair of folders lives)
     rel = os.path.relpath(Path(checkpoint).resolve(), Path(output).resolve().parent)
@@ -168,7 +172,10 @@ def compile_checkpoint(checkpoint, output, *, weight_bits: int = 8, calibration:
                                              "(stored as partition.json).")
 @click.option("--no-float", "no_float", is_flag=True, help="Do not store the float IR (halves the artifact; "
                                                            "`run --float` then needs the checkpoint).")
-def command(checkpoint, output, weight_bits, calibration, hardware, no_float):
+@click.option("--per-channel/--no-per-channel", "per_channel", default=True, show_default=True,
+              help="Per-output-channel power-of-two weight scales folded into the neurons "
+                   "(docs/fixed_point.md §2.1; NeuronSpark).")
+def command(checkpoint, output, weight_bits, calibration, hardware, no_float, per_channel):
     """Lower CHECKPOINT to the IR, calibrate and quantize it (docs/fixed_point.md) and write one
     self-contained artifact (-o FILE). Prints the calibration report summary and the neuron types
     that need custom Loihi 2 microcode."""
@@ -178,7 +185,7 @@ def command(checkpoint, output, weight_bits, calibration, hardware, no_float):
         raise UserError(f"--weight-bits must be in 2..8, got {weight_bits}")
     manifest, report, qgraph = compile_checkpoint(checkpoint, output, weight_bits=weight_bits,
                                                   calibration=calibration, hardware=hardware,
-                                                  include_float=not no_float)
+                                                  include_float=not no_float, per_channel=per_channel)
     click.echo(format_report(report))
     click.echo("neuron types needing a custom Loihi 2 microcode neuron (docs/fixed_point.md):")
     for kind, sec in custom_microcode_types(qgraph):

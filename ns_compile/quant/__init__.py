@@ -4,7 +4,9 @@
 tokens (ns_compile.quant.calibrate), then chooses every frac:
 
 - synapse weights: b-bit mantissas M = qm(w, f_W, b), one f_W per group, chosen by an MSE search
-  over f_max … f_max+3 (f_max: the largest frac that clips nothing);
+  over f_max … f_max+3 (f_max: the largest frac that clips nothing); with `per_channel` (default)
+  row i at f_W + r_i, r the receiving port's shift vector RS (docs/fixed_point.md §2.1,
+  ns_compile.quant.per_channel);
 - payloads (16-bit, 15-bit into products): frac by the `percentile` (99.99 %) of |V_post|;
 - membrane state and ports (24-bit): frac by max |x| over the calibration with a 2× margin
   (state: max |V_post| + max |θ|, the bound of V_pre);
@@ -24,6 +26,7 @@ import torch
 
 from ns_compile.errors import UserError
 from ns_compile.quant.calibrate import DEFAULT_TEXT, Recorder, run_calibration  # noqa: F401
+from ns_compile.quant import per_channel as _pc
 from ns_compile.quant.luts import build_luts
 
 HOST_BITS = 16
@@ -54,7 +57,9 @@ def frac_for(r: float, bits: int) -> int:
     return int(min(MAX_FRAC, max(MIN_FRAC, f)))
 
 
-def _weight_error(w: np.ndarray, M: np.ndarray, f: int, bits: int) -> dict:
+def _weight_error(w: np.ndarray, M: np.ndarray, f, bits: int) -> dict:
+    """f: one frac, or per row ([rows, 1] int array, §2.1)."""
+    f = np.asarray(f, dtype=np.float64) if np.ndim(f) else f
     deq = M.astype(np.float64) * 2.0 ** -f
     w = w.astype(np.float64)
     e = deq - w
@@ -104,8 +109,9 @@ def _layer_of(name: str) -> str:
 
 
 def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.99, dtype=torch.float64,
-             device="cpu", progress=None):
-    """Float Graph + calibration ids [B, T] → (quantized Graph, report dict)."""
+             device="cpu", progress=None, per_channel: bool = True):
+    """Float Graph + calibration ids [B, T] → (quantized Graph, report dict). `per_channel`: per-row
+    weight scales folded into the neurons (docs/fixed_point.md §2.1; NeuronSpark only)."""
     if not (isinstance(weight_bits, int) and 2 <= weight_bits <= 8):
         raise UserError(f"weight bits must be an integer in 2..8, got {weight_bits!r}")
     if graph.quantized:
@@ -134,9 +140,11 @@ def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.9
     qg.meta["luts"] = luts
     qg.meta["activity"] = rec.activity
     qg.meta["weight_bits"] = b
+    qg.meta["per_channel"] = bool(per_channel)
     qg.quantized = True
 
-    report = {"weight_bits": b, "percentile": percentile, "calibration_tokens": int(ids.numel()),
+    report = {"weight_bits": b, "percentile": percentile, "per_channel": bool(per_channel),
+              "calibration_tokens": int(ids.numel()),
               "calibration_shape": list(ids.shape), "populations": {}, "synapses": {}, "host_ops": {},
               "overflow": []}
 
@@ -215,10 +223,14 @@ def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.9
         qg.populations[name] = np_
 
     # ---- synapse groups ------------------------------------------------------------------------------
+    fws = {name: choose_weight_frac(np.asarray(s.weight), b) for name, s in graph.synapses.items()}
+    row_shift = _choose_row_shifts(graph, fmts, fws, b, qg) if per_channel else {}
+    w_err2 = [0.0, 0.0, 0]                     # Σ e² with, without per-channel; count
     for name, s in graph.synapses.items():
         w = np.asarray(s.weight)
-        fw = choose_weight_frac(w, b)
-        M = qm(w, fw, b).astype(np.int8 if b <= 8 else np.int16)
+        fw = fws[name]
+        r = row_shift.get((s.dst, s.dst_port))
+        M = (qm(w, fw, b) if r is None else _pc.quantize_rows(w, fw, r, b)).astype(np.int8 if b <= 8 else np.int16)
         src = fmts[s.src]
         dst = fmts[s.dst]
         fS = src["P"]
@@ -228,14 +240,26 @@ def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.9
         ns.fmt = {"bits": b, "f_W": fw, "f_S": fS, "f_A": fA}
         ns.meta = dict(s.meta)
         qg.synapses[name] = ns
-        err = _weight_error(w, M, fw, b)
+        err = _weight_error(w, M, fw if r is None else fw + r[:, None], b)
+        if per_channel:                        # the same group without per-row scales (report only)
+            base = _weight_error(w, qm(w, fw, b), fw, b)
+            rr = np.zeros(M.shape[0], dtype=np.int64) if r is None else r
+            err["row_shift"] = {"mean": round(float(rr.mean()), 4) if rr.size else 0.0, "max": int(rr.max(initial=0)),
+                                "rows_shifted": round(float(np.mean(rr > 0)), 4) if rr.size else 0.0}
+            err["per_tensor"] = {k: base[k] for k in ("err_rms", "rel_err_rms", "clipped_frac", "err_max")}
+            w_err2[0] += err["err_rms"] ** 2 * w.size
+            w_err2[1] += base["err_rms"] ** 2 * w.size
+            w_err2[2] += w.size
         # accumulator bounds: worst case over every input the payload width allows, and calibrated
         smax = (1 << (src["payload_bits"] - 1)) - 1
-        row_l1 = np.abs(M.astype(np.int64)).sum(axis=1).max() if M.size else 0
+        l1 = np.abs(M.astype(np.int64)).sum(axis=1) if M.size else np.zeros(1, dtype=np.int64)
+        row_l1 = l1.max()
         acc_worst = int(row_l1) * smax * (1 << (9 - b))
         a_shift = fA - (fw + fS + 9 - b)
-        a_worst = acc_worst * 2.0 ** a_shift
-        acc_cal = rec.max(f"syn:{name}") * 2.0 ** (fw + fS + 9 - b)
+        # §2.1: row i reaches the port at f_A after the neuron's >> r_i
+        a_worst = (acc_worst if r is None else float((l1 * 2.0 ** -r).max()) * smax * (1 << (9 - b))) * 2.0 ** a_shift
+        r_max = 0 if r is None else int(r.max(initial=0))
+        acc_cal = rec.max(f"syn:{name}") * 2.0 ** (fw + r_max + fS + 9 - b)
         a_cal = rec.max(f"syn:{name}") * 2.0 ** fA
         ent = {"bits": b, "f_W": fw, "f_S": fS, "f_A": fA, "weight_exp": ns.weight_exp(), **err,
                "acc_worst_log2": round(math.log2(acc_worst), 2) if acc_worst > 0 else None,
@@ -250,6 +274,11 @@ def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.9
             if val > lim:
                 report["overflow"].append({"group": name, "what": what, "case": "worst" if worst else "calibration",
                                            "factor": round(val / lim, 3)})
+
+    if per_channel and w_err2[2]:
+        report["per_channel_summary"] = {
+            "ports": len(row_shift), "weight_err_rms": math.sqrt(w_err2[0] / w_err2[2]),
+            "weight_err_rms_per_tensor": math.sqrt(w_err2[1] / w_err2[2])}
 
     # ---- host ops --------------------------------------------------------------------------------------
     h_max = max([rec.max(k) for k in rec.stats if k.startswith("host:") and k.endswith(".H")] + [1e-9])
@@ -316,6 +345,37 @@ def quantize(graph, calib_ids, *, weight_bits: int = 8, percentile: float = 99.9
     return qg, report
 
 
+def _choose_row_shifts(graph, fmts: dict, fws: dict, b: int, qg) -> dict:
+    """docs/fixed_point.md §2.1: RS per synapse-fed port of the NeuronSpark neuron types (not a port
+    the host drives). Stores RS_<port> (uint8) in the quantized populations' params; returns
+    {(population, port): r}."""
+    driven = {(t, "I") for st in graph.stages for t in st.drive_targets}
+    ports: dict[tuple, list] = {}
+    for name, s in graph.synapses.items():
+        ports.setdefault((s.dst, s.dst_port), []).append(name)
+    out = {}
+    for (pop, port), names in ports.items():
+        p = graph.populations[pop]
+        if p.kind not in _pc.PER_CHANNEL_KINDS or (pop, port) in driven:
+            continue
+        if any(graph.synapses[n].src.startswith("host:") for n in names):
+            continue
+        dst = fmts[pop]
+        fA = dst[port] if port in dst else dst["V"]
+        groups = []
+        for n in names:
+            s = graph.synapses[n]
+            src = fmts[s.src]
+            fw = fws[n]
+            groups.append(_pc.GroupInfo(np.asarray(s.weight), fw, b, (1 << (src["payload_bits"] - 1)) - 1,
+                                        fA - (fw + src["P"] + 9 - b)))
+        r = _pc.port_row_shifts(groups)
+        out[(pop, port)] = r
+        qp = qg.populations[pop]
+        qp.params = {**qp.params, _pc.rs_key(port): r.astype(np.uint8)}
+    return out
+
+
 def _per_layer(report: dict) -> dict:
     layers: dict[str, dict] = {}
     for name, e in report["synapses"].items():
@@ -345,6 +405,14 @@ def format_report(report: dict, *, max_lines: int = 60) -> str:
     for name, L in report["layers"].items():
         lines.append(f"{name:<6} {L['groups']:>6} {L['max_rel_err_rms']:>15.4f} {L['max_clipped_frac']:>14.2e} "
                      f"{L.get('max_act_clipped_frac', 0.0):>16.2e} {L['overflow_worst']:>9} {L['overflow_calib']:>9}")
+    pcs = report.get("per_channel_summary")
+    if pcs:
+        rs = [e["row_shift"] for e in report["synapses"].values() if "row_shift" in e]
+        lines.append(f"per-channel weight scales (§2.1): {pcs['ports']} ports, mean r "
+                     f"{np.mean([x['mean'] for x in rs]):.2f}, max r {max(x['max'] for x in rs)}; weight RMS error "
+                     f"{pcs['weight_err_rms']:.3e} (per-tensor {pcs['weight_err_rms_per_tensor']:.3e})")
+    elif report.get("per_channel") is False:
+        lines.append("per-channel weight scales: off (--no-per-channel)")
     cal = [o for o in report["overflow"] if o["case"] == "calibration"]
     worst = [o for o in report["overflow"] if o["case"] == "worst"]
     lines.append(f"accumulators that can overflow: {len(worst)} worst-case, {len(cal)} seen in calibration")
