@@ -1,5 +1,5 @@
 # Set-up and the two README commands. Everything installs into .venv/ at the repo root.
-#   make demo   -- create .venv, install, run the main job on the embedded example
+#   make demo   -- create .venv, install, run the main job (`ns-compile demo`) on the shipped demo model (examples/)
 #   make test   -- create .venv, install, run the whole test suite
 SHELL := /bin/bash
 VENV := .venv
@@ -7,7 +7,8 @@ CONSTRAINTS := requirements/constraints.txt
 # Lava (lava-nc 0.10) needs Python 3.10: take pyenv's, else any python3.10 on PATH.
 PYTHON310 ?= $(shell pyenv which python3.10 2>/dev/null || command -v python3.10 || ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | tail -1)
 STAMP := $(VENV)/.installed
-FIXTURE ?= ../shared/fixtures/neuronspark-tiny/checkpoint
+# extra options for the demo, e.g. make demo DEMO_ARGS="--model nord --max-new-tokens 32"
+DEMO_ARGS ?=
 
 .PHONY: venv demo test clean
 
@@ -22,8 +23,7 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ns-compile inspect $(FIXTURE)
-	$(VENV)/bin/ns-compile generate $(FIXTURE) --prompt "The spiking network" --max-new-tokens 16 --temperature 0
+	$(VENV)/bin/ns-compile demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

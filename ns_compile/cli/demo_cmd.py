@@ -389,8 +389,21 @@ def side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 38)
 
 
 def _si(x, unit=""):
-    from ns_compile.partition.report import _si as si
-    return si(x, unit)
+    """Engineering prefixes both ways (0.00438 J -> 4.38 mJ)."""
+    if x is None:
+        return "-"
+    x = float(x)
+    if x == 0:
+        return f"0 {unit}".strip()
+    for f, p in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n"),
+                 (1e-12, "p")):
+        if abs(x) >= f:
+            return f"{x / f:.3g} {p}{unit}".strip()
+    return f"{x:.3g} {unit}".strip()
+
+
+def _unit_of(key: str) -> str:
+    return {"j": "J", "s": "s", "w": "W"}.get(key.rsplit("_", 1)[-1], "")
 
 
 def _pct(x):
@@ -406,9 +419,8 @@ def format_demo(out: dict) -> str:
     name = MODELS[out["model"]][1]
     L = [f"ns-compile demo: {Path(out['checkpoint']).name} ({name}) compiled for {out['hardware']}, "
          f"run in Lava's CPU simulator",
-         f"  artifact: {out['artifact']}   ({out['weight_bits']}-bit weights; calibrated on "
-         f"{out['calibration'].get('calibration', '?')}, the first {out['calibration']['slice_chars'][1]} "
-         f"characters of the held-out text)", ""]
+         f"  artifact: {out['artifact']}   ({out['weight_bits']}-bit weights; calibrated on the first "
+         f"{out['calibration']['slice_chars'][1]:,} characters of examples/{HELDOUT}, at most 512 tokens)", ""]
     L.append(f"Prompt: {out['prompt']!r}  ({len(out['prompt_ids'])} tokens; greedy, {out['max_new_tokens']} new tokens)")
     L += side_by_side(("fp32 reference (PyTorch)", out["prompt"] + g["reference"]["text"]),
                       (f"Loihi 2 fixed point (Lava sim, {out['granularity']})", out["prompt"] + g["lava"]["text"]))
@@ -466,7 +478,7 @@ def format_demo(out: dict) -> str:
              ", ".join(f"{k.replace('_', ' ')} {_si(v, 'J')}" for k, v in eb.items() if v) + ")")
     L.append("  sources of the per-operation figures:")
     for s in r["sources"]:
-        L.append(f"    {s['figure']:<22} {_si(s['value'])}  {s['source']} {s['confidence']}")
+        L.append(f"    {s['figure']:<22} {_si(s['value'], _unit_of(s['key'])):>8}  {s['source']} {s['confidence']}")
     L.append("")
     L.append(f"Report: {out['report']}  (comparison tables and plots, partition plots in partition/, "
              f"the artifact {Path(out['artifact']).name})")
@@ -493,11 +505,15 @@ def _html_sections(out: dict, pj: dict, plan_text: str) -> str:
                  f"{run['tokens']}-token run compared: bit-exact {'yes' if run['bit_exact'] else 'no'})</p>")
     r = out["resources"]
     parts.append(f"<h2>Resources and energy on {e(r['profile'])}</h2>")
-    parts.append(f"<pre>{e(plan_text)}</pre>")
-    for png, alt in (("core_utilization_metis.png", "core utilization (METIS)"),
-                     ("chip_traffic_metis.png", "chip-to-chip traffic (METIS)"),
-                     ("core_utilization_naive.png", "core utilization (naive fill)")):
+    parts.append(f'<pre style="white-space:pre-wrap">{e(plan_text)}</pre>')
+    plots = [("core_utilization_metis.png", "core utilization (METIS)")]
+    if r["chips_used"] > 1:
+        plots.append(("chip_traffic_metis.png", "chip-to-chip traffic (METIS)"))
+    plots.append(("core_utilization_naive.png", "core utilization (naive fill)"))
+    for png, alt in plots:
         parts.append(f'<h3>{e(alt)}</h3><img src="partition/{png}" alt="{e(alt)}">')
+    if r["chips_used"] == 1:
+        parts.append("<p>One chip: no chip-to-chip traffic (partition/chip_traffic_*.png are empty).</p>")
     parts.append("<h3>Sources of the per-operation figures</h3><table><tr><th>figure</th><th>value</th>"
                  "<th>unit</th><th>source</th><th>confidence</th></tr>" +
                  "".join(f"<tr><td>{e(s['figure'])}</td><td>{e(str(s['value']))}</td><td>{e(s['unit'])}</td>"
