@@ -65,3 +65,25 @@ def test_tiny_checkpoint_lava_equals_emulator_short(qgraph):
 def test_tiny_checkpoint_lava_equals_emulator_32_greedy(qgraph):
     qg, prompt = qgraph
     _check(qg, prompt, 32, trace=True)
+
+
+@pytest.fixture(scope="module")
+def demo_qgraph():
+    """A second model of our own: the trained NeuronSpark demo (examples/), calibrated on held-out text."""
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    ckpt = repo / "examples" / "neuronspark-demo"
+    from ns_compile.lower import lower_handle
+    from ns_compile.models import load_model
+    from ns_compile.quant import quantize
+    h = load_model(ckpt)
+    text = (repo / "examples" / "data" / "heldout.txt").read_text()[:2000]
+    cal = h.tokenizer.encode(text)[:256]
+    qg, _ = quantize(lower_handle(h), torch.tensor([cal]))
+    return qg, h.tokenizer.encode("The os module provides")
+
+
+@pytest.mark.slow
+def test_demo_model_lava_equals_emulator_32_greedy(demo_qgraph):
+    qg, prompt = demo_qgraph
+    _check(qg, prompt, 32, trace=True)
