@@ -18,7 +18,6 @@ An uncompressed zip (fixed timestamps, fixed entry order) holding:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from pathlib import Path

@@ -43,6 +43,16 @@ def need_lava():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds jitter on a shared 2-core machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def ns_tiny() -> Path:
     """The upstream NeuronSpark conformance checkpoint (HF layout)."""
     return need_fixture("neuronspark-tiny", "checkpoint")

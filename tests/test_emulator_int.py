@@ -19,12 +19,7 @@ from ns_compile.sim import Emulator, run_host_op
 LUTS = build_luts()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- the contract, transcribed (Python ints) ----------------------------------------------------

@@ -10,13 +10,7 @@ import torch
 from _ns_helpers import copy_checkpoint, edit_config, files_in, load_tensors, run_cli, write_tensors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds jitter on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -11,12 +11,7 @@ from ns_compile.models import GenerationConfig, load_model
 from ns_compile.models.neuronspark.reference import sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

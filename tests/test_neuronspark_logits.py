@@ -11,13 +11,7 @@ from _ns_helpers import load_tensors, run_cli
 from ns_compile.models import load_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds jitter on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

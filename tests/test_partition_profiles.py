@@ -2,7 +2,6 @@
 malformed profiles are rejected with the field and the reason (UserError, exit 2)."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

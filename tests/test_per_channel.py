@@ -22,12 +22,7 @@ from ns_compile.sim import Emulator
 RS_PORTS = {"b": ("I", "XB", "XA", "XT"), "r": ("R", "G", "Q"), "g1": ("I",), "u1": ("I",), "o": ("A",)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _with_rs(g, seed):
