@@ -228,13 +228,17 @@ class _FusedStageModel(PyLoihiProcessModel):
                 getattr(self, f"tr_{i}").send(out)
 
 
-def make_fused_model(spec, fixed: bool, trace: bool):
+
+def port_types(fixed: bool, out_dtype=np.int64):
+    """LavaPyTypes of a graded (InPort, OutPort) pair: 24-bit integers carried in int64 (out_dtype
+    for a port that feeds a stock Dense, which multiplies in int32) in fixed point; floats otherwise."""
     if fixed:
-        inp = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, np.int64, precision=24)
-    else:
-        inp = LavaPyType(PyInPort.VEC_DENSE, float)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, float)
+        return (LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24),
+                LavaPyType(PyOutPort.VEC_DENSE, out_dtype, precision=24))
+    return LavaPyType(PyInPort.VEC_DENSE, float), LavaPyType(PyOutPort.VEC_DENSE, float)
+
+def make_fused_model(spec, fixed: bool, trace: bool):
+    inp, outp = port_types(fixed)
     ns = {"FIXED": fixed, "ro": outp, "__module__": __name__}
     for j in range(len(spec.drive_sizes)):
         ns[f"drv_{j}"] = inp
@@ -293,12 +297,7 @@ class _HostModel(PyLoihiProcessModel):
 
 
 def make_host_model(stage_ports, fixed: bool):
-    if fixed:
-        inp = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, np.int64, precision=24)
-    else:
-        inp = LavaPyType(PyInPort.VEC_DENSE, float)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, float)
+    inp, outp = port_types(fixed)
     ns = {"FIXED": fixed, "tok": LavaPyType(PyInPort.VEC_DENSE, float), "out": LavaPyType(PyOutPort.VEC_DENSE, float),
           "__module__": __name__}
     for i, (_, drvs) in enumerate(stage_ports):

@@ -28,6 +28,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from ns_compile.backends.lava import arith
+from ns_compile.backends.lava.models import port_types
 from ns_compile.backends.lava.nord_processes import LifNord, NordHostProc, NordStageProc
 from ns_compile.backends.lava.schedule import Plan, StagePlan
 from ns_compile.errors import UserError
@@ -295,12 +296,7 @@ class _NordFusedModel(PyLoihiProcessModel):
 
 
 def make_fused_model(spec, fixed: bool, trace: bool):
-    if fixed:
-        inp = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, np.int64, precision=24)
-    else:
-        inp = LavaPyType(PyInPort.VEC_DENSE, float)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, float)
+    inp, outp = port_types(fixed)
     ns = {"FIXED": fixed, "drv": inp, "__module__": __name__}
     for j, (_, _, emit_v) in enumerate(spec.readouts):
         ns[f"ro_{j}"] = outp
@@ -472,12 +468,7 @@ class _NordHostModel(PyLoihiProcessModel):
 
 
 def make_host_model(stage_ports, fixed: bool):
-    if fixed:
-        inp = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    else:
-        inp = LavaPyType(PyInPort.VEC_DENSE, float)
-        outp = LavaPyType(PyOutPort.VEC_DENSE, float)
+    inp, outp = port_types(fixed, np.int32)
     ns = {"FIXED": fixed, "tok": LavaPyType(PyInPort.VEC_DENSE, float), "out": LavaPyType(PyOutPort.VEC_DENSE, float),
           "__module__": __name__}
     for i, (_, rs) in enumerate(stage_ports):
