@@ -565,18 +565,11 @@ def nord_session(graph, prompt_ids, opts):
     fixed = opts["mode"] == "fixed"
     plan = nord_plan(graph, opts["granularity"])
     net = build_network(graph, plan, fixed, trace=opts["trace"])
-    run_cfg = R._run_cfg(opts["backend"], fixed, net.model_map)
+    run_cfg, gen, deadline, runtime, t_compile = R._start_session(net, fixed, opts)
+    host = net.host
     n_new = int(opts["max_new_tokens"])
     n_tokens = len(prompt_ids) + max(n_new - 1, 0)
     T = plan.period
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(0 if opts["seed"] is None else int(opts["seed"]))
-    deadline = time.monotonic() + float(opts["timeout_s"])
-    t0 = time.perf_counter()
-    host = net.host
-    host.create_runtime(run_cfg=run_cfg)
-    runtime = host.runtime
-    t_compile = time.perf_counter() - t0
     traces = [] if opts["trace"] else None
     new_ids, all_logits = [], []
     try:

@@ -269,6 +269,19 @@ def _recv(ext, runtime, cap, deadline):
         time.sleep(0.0005)
 
 
+def _start_session(net, fixed: bool, opts: dict):
+    """The common start of a Lava generation session (NeuronSpark and Nord): run config, the
+    seeded sampler generator, the deadline, and the runtime created (compile time measured)."""
+    import torch
+    run_cfg = _run_cfg(opts["backend"], fixed, net.model_map)
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(0 if opts["seed"] is None else int(opts["seed"]))
+    deadline = time.monotonic() + float(opts["timeout_s"])
+    t0 = time.perf_counter()
+    net.host.create_runtime(run_cfg=run_cfg)
+    return run_cfg, gen, deadline, net.host.runtime, time.perf_counter() - t0
+
+
 def _session(graph, prompt_ids, opts):
     import torch
     torch.set_num_threads(1)
@@ -282,18 +295,11 @@ def _session(graph, prompt_ids, opts):
     fixed = opts["mode"] == "fixed"
     plan = make_plan(graph, opts["granularity"])
     net = build_network(graph, plan, fixed, trace=opts["trace"], host_fn=opts.get("host_fn"))
-    run_cfg = _run_cfg(opts["backend"], fixed, net.model_map)
+    run_cfg, gen, deadline, runtime, t_compile = _start_session(net, fixed, opts)
+    host = net.host
     n_new = int(opts["max_new_tokens"])
     n_tokens = len(prompt_ids) + max(n_new - 1, 0)
     T = plan.period
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(0 if opts["seed"] is None else int(opts["seed"]))
-    deadline = time.monotonic() + float(opts["timeout_s"])
-    t0 = time.perf_counter()
-    host = net.host
-    host.create_runtime(run_cfg=run_cfg)
-    runtime = host.runtime
-    t_compile = time.perf_counter() - t0
     traces = [] if opts["trace"] else None
     new_ids: list[int] = []
     all_logits = []
